@@ -1,0 +1,17 @@
+"""Exceptions that keep torch's error types while reading as plain Python ones.
+
+torch raises ``AssertionError`` for mismatched shapes and ``RuntimeError`` for
+norm orders it cannot compute. jaxprune raises these subclasses, so code
+written against torch (``except AssertionError``) and ordinary Python code
+(``except ValueError``) both catch them.
+"""
+
+from __future__ import annotations
+
+
+class PruningShapeError(ValueError, AssertionError):
+    """An ``importance_scores``, ``default_mask`` or custom mask of the wrong shape."""
+
+
+class NormOrderError(ValueError, RuntimeError):
+    """An ``n`` that ``ln_structured`` cannot use for this tensor."""

@@ -1,0 +1,429 @@
+"""torch's pruning methods as pure functions returning boolean keep-masks.
+
+Each public function validates its inputs eagerly (so a bad amount, dim or
+shape fails at the call, with torch's error types), then runs a jitted kernel.
+Inside a user's ``jit`` the kernels inline; amounts and default masks may be
+traced, and changing them never recompiles.
+
+The two building blocks, :func:`unstructured_mask` and :func:`structured_mask`,
+are public: every built-in method is one of them applied to its own scores,
+and a custom strategy is the same with the user's scores.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._amounts import CheckedAmount, check_amount, count_to_prune, is_traced
+from ._errors import NormOrderError, PruningShapeError
+from ._selection import select_lowest, sort_keys
+from ._typing import Amount, Array, ArrayLike, NormOrder, PRNGKey
+
+# --------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------
+
+
+def as_tensor(t: ArrayLike, name: str = "t") -> Array:
+    """``t`` as a jax array of a real numeric dtype (integer or floating)."""
+    if isinstance(t, jax.Array):
+        arr = t
+    else:
+        try:
+            arr = jnp.asarray(t)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{name} must be a numeric array, got {type(t).__name__}: {t!r}") from err
+    if arr.dtype == jnp.bool_ or not (
+        jnp.issubdtype(arr.dtype, jnp.integer) or jnp.issubdtype(arr.dtype, jnp.floating)
+    ):
+        raise TypeError(f"{name} must have a real numeric dtype (integer or floating), got {arr.dtype}")
+    return arr
+
+
+def check_key(key: PRNGKey) -> PRNGKey:
+    """Accept a typed key (``jax.random.key``) or a legacy ``uint32[2]`` key."""
+    if isinstance(key, (jax.Array, np.ndarray)):
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
+            return key
+        if key.dtype == np.uint32 and key.shape == (2,):
+            return key
+    raise TypeError(
+        "key must be a PRNG key from jax.random.key(seed) (or a legacy jax.random.PRNGKey), "
+        f"got {type(key).__name__}: {key!r}"
+    )
+
+
+def as_mask(mask: ArrayLike, shape: tuple[int, ...], name: str) -> Array:
+    """A keep-mask of ``shape`` as bool (a 0/1 torch-style mask: nonzero = keep)."""
+    arr = mask if isinstance(mask, jax.Array) else jnp.asarray(mask)
+    if tuple(arr.shape) != tuple(shape):
+        raise PruningShapeError(f"{name} must have the tensor's shape {tuple(shape)}, got {tuple(arr.shape)}")
+    return arr if arr.dtype == jnp.bool_ else arr != 0
+
+
+def check_scores(t: Array, importance_scores: ArrayLike | None) -> Array:
+    if importance_scores is None:
+        return t
+    scores = as_tensor(importance_scores, "importance_scores")
+    if scores.shape != t.shape:
+        raise PruningShapeError(
+            f"importance_scores should have the same shape as tensor t, got {scores.shape} vs {t.shape}"
+        )
+    return scores
+
+
+def check_dim(shape: tuple[int, ...], dim: int) -> int:
+    """torch's structured checks; returns ``dim`` made non-negative."""
+    if len(shape) <= 1:
+        raise ValueError(
+            "Structured pruning can only be applied to multidimensional tensors. "
+            f"Found tensor of shape {tuple(shape)} with {len(shape)} dims"
+        )
+    if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, numbers.Integral):
+        raise TypeError(f"dim must be an int, got {type(dim).__name__}: {dim!r}")
+    if not -len(shape) <= dim < len(shape):
+        raise IndexError(f"Invalid index {dim} for tensor of shape {tuple(shape)} (dims {-len(shape)} to {len(shape) - 1})")
+    return int(dim) % len(shape)
+
+
+def check_norm(n: NormOrder, ndim: int | None = None) -> NormOrder:
+    """Validate ``ln_structured``'s ``n`` (and, given ``ndim``, that torch accepts it there)."""
+    if n is None:
+        return 2.0
+    if isinstance(n, str):
+        if n not in ("fro", "nuc"):
+            raise NormOrderError(f"Unsupported norm order n={n!r}: expected a real number, inf, -inf, 'fro' or 'nuc'")
+        if ndim is not None:
+            allowed = (2, 3) if n == "fro" else (3,)
+            if ndim not in allowed:
+                raise NormOrderError(
+                    f"n={n!r} needs a tensor with {' or '.join(map(str, allowed))} dims (torch reduces the other "
+                    f"dims as a matrix), got {ndim} dims; use n=2 for the vector 2-norm"
+                )
+        return n
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Real) or math.isnan(float(n)):
+        raise NormOrderError(f"Unsupported norm order n={n!r}: expected a real number, inf, -inf, 'fro' or 'nuc'")
+    return float(n)
+
+
+def count_units(default_mask: Array | None, total: int) -> int | Array:
+    """Units still unpruned: concrete when the mask is, traced otherwise."""
+    if default_mask is None:
+        return total
+    if is_traced(default_mask):
+        return jnp.sum(default_mask, dtype=jnp.int32)
+    return int(np.count_nonzero(np.asarray(default_mask)))
+
+
+def _as_k(k: int | Array) -> Array:
+    # One abstract type for every k (a strong int32), so amounts never recompile.
+    return np.int32(k) if isinstance(k, int) else k
+
+
+# --------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("absolute",))
+def _keep_lowest_entries(scores: Array, default_mask: Array | None, k: Array, absolute: bool = False) -> Array:
+    if absolute:
+        scores = jnp.abs(scores)
+    cand = None if default_mask is None else default_mask.reshape(-1)
+    selected = select_lowest([sort_keys(scores).reshape(-1)], [cand], k)[0].reshape(scores.shape)
+    return ~selected if default_mask is None else default_mask & ~selected
+
+
+@functools.partial(jax.jit, static_argnames=("bits_shape",))
+def _keep_lowest_random(key: PRNGKey, default_mask: Array | None, k: Array, bits_shape: tuple[int, ...]) -> Array:
+    draws = jax.random.bits(key, bits_shape, jnp.uint32)
+    return _keep_lowest_entries(draws, default_mask, k)
+
+
+def unstructured_mask(
+    scores: ArrayLike, amount: Amount, *, default_mask: ArrayLike | None = None
+) -> Array:
+    """Keep-mask that prunes the ``amount`` entries with the lowest ``scores``.
+
+    The building block of every unstructured method (L1 is ``|t|`` as scores).
+    Exactly ``k`` entries are pruned, ``k`` counted as torch does; ties go to
+    the lower flat index; NaN scores are pruned last. With ``default_mask``,
+    only entries it keeps are candidates and ``amount`` applies to them
+    (torch's iterative ``PruningContainer`` rule); the result is within it.
+
+    Args:
+      scores: real scores, any shape (higher = more important).
+      amount: int count or float fraction of the candidates to prune.
+      default_mask: keep-mask of an earlier pruning, or None.
+
+    Returns:
+      A bool array of ``scores.shape``, True where kept.
+
+    >>> import jax.numpy as jnp, jaxprune as jp
+    >>> jp.unstructured_mask(jnp.array([3.0, 1.0, 2.0, 1.0]), 2)
+    Array([ True, False,  True, False], dtype=bool)
+    """
+    scores = as_tensor(scores, "scores")
+    checked = check_amount(amount)
+    return _prune_entries(scores, checked, default_mask, absolute=False)
+
+
+def _prune_entries(scores: Array, amount: CheckedAmount, default_mask: ArrayLike | None, absolute: bool) -> Array:
+    mask = None if default_mask is None else as_mask(default_mask, scores.shape, "default_mask")
+    k = count_to_prune(amount, count_units(mask, scores.size))
+    return _keep_lowest_entries(scores, mask, _as_k(k), absolute=absolute)
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "dim"))
+def _keep_lowest_slices(
+    slice_scores: Array, default_mask: Array | None, k: Array, shape: tuple[int, ...], dim: int
+) -> Array:
+    alive = None
+    if default_mask is not None:
+        others = tuple(d for d in range(len(shape)) if d != dim)
+        alive = jnp.any(default_mask, axis=others)
+    selected = select_lowest([sort_keys(slice_scores)], [alive], k)[0]
+    keep_slices = ~selected if alive is None else alive & ~selected
+    view = [1] * len(shape)
+    view[dim] = shape[dim]
+    keep = jnp.broadcast_to(keep_slices.reshape(view), shape)
+    return keep if default_mask is None else keep & default_mask
+
+
+def structured_mask(
+    slice_scores: ArrayLike,
+    shape: tuple[int, ...],
+    amount: Amount,
+    dim: int = -1,
+    *,
+    default_mask: ArrayLike | None = None,
+) -> Array:
+    """Keep-mask of ``shape`` that prunes the ``amount`` slices along ``dim``
+    with the lowest ``slice_scores``.
+
+    The building block of every structured method (LnStructured scores a slice
+    by its norm). Units are the ``shape[dim]`` slices; with ``default_mask``,
+    slices it has already pruned entirely are not candidates and ``amount``
+    applies to the rest (torch's ``PruningContainer`` rule). Ties go to the
+    lower index; NaN scores are pruned last.
+
+    Args:
+      slice_scores: one real score per slice, shape ``(shape[dim],)``.
+      shape: the shape of the tensor being pruned (at least 2-D, as in torch).
+      amount: int count or float fraction of the candidate slices to prune.
+      dim: the axis whose slices are the units (negative counts from the end).
+      default_mask: keep-mask of an earlier pruning, or None.
+
+    >>> import jax.numpy as jnp, jaxprune as jp
+    >>> jp.structured_mask(jnp.array([5.0, 1.0, 3.0]), (2, 3), 1, dim=1)
+    Array([[ True, False,  True],
+           [ True, False,  True]], dtype=bool)
+    """
+    shape = tuple(int(s) for s in shape)
+    dim = check_dim(shape, dim)
+    scores = as_tensor(slice_scores, "slice_scores")
+    if scores.shape != (shape[dim],):
+        raise PruningShapeError(f"slice_scores must have shape ({shape[dim]},) (one per slice), got {scores.shape}")
+    return _prune_slices(scores, check_amount(amount), shape, dim, default_mask)
+
+
+def _prune_slices(
+    scores: Array, amount: CheckedAmount, shape: tuple[int, ...], dim: int, default_mask: ArrayLike | None
+) -> Array:
+    mask = None if default_mask is None else as_mask(default_mask, shape, "default_mask")
+    alive = None
+    if mask is not None:
+        others = tuple(d for d in range(len(shape)) if d != dim)
+        alive = jnp.any(mask, axis=others)
+    k = count_to_prune(amount, count_units(alive, shape[dim]))
+    return _keep_lowest_slices(scores, mask, _as_k(k), shape, dim)
+
+
+# --------------------------------------------------------------------------
+# torch's methods
+# --------------------------------------------------------------------------
+
+
+def identity(t: ArrayLike) -> Array:
+    """The all-keep mask of ``t``'s shape (torch's ``Identity``).
+
+    >>> import jaxprune as jp
+    >>> jp.identity([[1.0, 2.0]])
+    Array([[ True,  True]], dtype=bool)
+    """
+    t = as_tensor(t)
+    return jnp.ones(t.shape, bool)
+
+
+def l1_unstructured(
+    t: ArrayLike,
+    amount: Amount,
+    *,
+    importance_scores: ArrayLike | None = None,
+    default_mask: ArrayLike | None = None,
+) -> Array:
+    """Prune the ``amount`` entries of smallest magnitude (torch's ``L1Unstructured``).
+
+    Args:
+      t: the tensor (any real dtype, any shape, 0-d included).
+      amount: int = number of entries, float in [0, 1] = fraction of entries;
+        ``k = round(amount * n)`` with Python's half-to-even rounding.
+      importance_scores: rank by ``|importance_scores|`` instead of ``|t|``.
+      default_mask: keep-mask of an earlier pruning; the amount applies to the
+        entries it keeps, and the result is within it.
+
+    Returns:
+      A bool mask of ``t.shape``, True = keep. Exactly ``k`` candidates are
+      pruned; among equal magnitudes the lower flat index goes first; NaN last.
+
+    >>> import jax.numpy as jnp, jaxprune as jp
+    >>> w = jnp.array([[1.0, 2.0, 3.0, 4.0], [-4.0, -3.0, -2.0, -1.0]])
+    >>> jp.l1_unstructured(w, amount=2)
+    Array([[False,  True,  True,  True],
+           [ True,  True,  True, False]], dtype=bool)
+    >>> jp.l1_unstructured(w, 0.5).sum()  # round(0.5 * 8) = 4 pruned
+    Array(4, dtype=int32)
+    """
+    t = as_tensor(t)
+    scores = check_scores(t, importance_scores)
+    return _prune_entries(scores, check_amount(amount), default_mask, absolute=True)
+
+
+def random_unstructured(
+    key: PRNGKey, t: ArrayLike, amount: Amount, *, default_mask: ArrayLike | None = None
+) -> Array:
+    """Prune ``amount`` entries chosen uniformly at random (torch's ``RandomUnstructured``).
+
+    Each entry gets a uniform 32-bit draw from ``key``; the lowest draws are
+    pruned. So the same key gives the same mask (with or without ``jit``, on
+    any backend), and with one key a larger amount prunes a superset.
+
+    >>> import jax, jax.numpy as jnp, jaxprune as jp
+    >>> mask = jp.random_unstructured(jax.random.key(0), jnp.ones((4, 5)), 0.3)
+    >>> int((~mask).sum())  # round(0.3 * 20)
+    6
+    """
+    key = check_key(key)
+    t = as_tensor(t)
+    checked = check_amount(amount)
+    mask = None if default_mask is None else as_mask(default_mask, t.shape, "default_mask")
+    k = count_to_prune(checked, count_units(mask, t.size))
+    return _keep_lowest_random(key, mask, _as_k(k), t.shape)
+
+
+def random_structured(
+    key: PRNGKey, t: ArrayLike, amount: Amount, dim: int = -1, *, default_mask: ArrayLike | None = None
+) -> Array:
+    """Prune ``amount`` whole slices along ``dim`` at random (torch's ``RandomStructured``).
+
+    For a Conv2d weight ``(out, in, kh, kw)``: ``dim=0`` prunes filters, ``dim=1``
+    input channels, ``dim=2``/``3`` kernel rows/columns. Each slice gets a
+    uniform 32-bit draw from ``key``; the lowest draws are pruned.
+
+    >>> import jax, jax.numpy as jnp, jaxprune as jp
+    >>> mask = jp.random_structured(jax.random.key(0), jnp.ones((8, 4)), 0.5, dim=0)
+    >>> jp.pruned_indices(mask, 0).size  # round(0.5 * 8) rows
+    4
+    """
+    key = check_key(key)
+    t = as_tensor(t)
+    dim = check_dim(t.shape, dim)
+    draws = jax.random.bits(key, (t.shape[dim],), jnp.uint32)
+    return _prune_slices(draws, check_amount(amount), t.shape, dim, default_mask)
+
+
+def compute_mask(key: PRNGKey, t: ArrayLike, amount: Amount, dim: int = -1) -> Array:
+    """Random structured pruning, the call the torch blog post meant.
+
+    ``torch.nn.utils.prune.RandomStructured(amount, dim).compute_mask(t, default_mask)``
+    with an explicit key; returns the keep-mask only (use :func:`pruned_indices`
+    for the pruned slice indices). Same as :func:`random_structured`.
+
+    >>> import jax, jax.numpy as jnp, jaxprune as jp
+    >>> t = jnp.zeros((2, 64, 3, 3))
+    >>> mask = jp.compute_mask(jax.random.key(0), t, amount=0.3, dim=1)
+    >>> jp.pruned_indices(mask, dim=1).size  # round(0.3 * 64)
+    19
+    """
+    return random_structured(key, t, amount, dim)
+
+
+def slice_norms(t: ArrayLike, n: NormOrder, dim: int) -> Array:
+    """The ``n``-norm of each slice of ``t`` along ``dim`` (torch's ``_compute_norm``).
+
+    ``n`` is any real p (``(sum |x|**p)**(1/p)``; 0 counts nonzeros; negative
+    p as torch), ``inf``/``-inf`` (max/min of ``|x|``), ``'fro'`` (2-D and 3-D
+    tensors) or ``'nuc'`` (3-D: nuclear norm of each remaining matrix).
+
+    >>> import jax.numpy as jnp, jaxprune as jp
+    >>> jp.slice_norms(jnp.array([[3.0, 0.0], [4.0, 1.0]]), 2, dim=1)
+    Array([5., 1.], dtype=float32)
+    """
+    t = as_tensor(t)
+    dim = check_dim(t.shape, dim)
+    n = check_norm(n, t.ndim)
+    return _slice_norms(t, n, dim)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "dim"))
+def _slice_norms(t: Array, n: NormOrder, dim: int) -> Array:
+    if not jnp.issubdtype(t.dtype, jnp.floating) or t.dtype.itemsize < 4:
+        t = t.astype(jnp.float32)
+    rest = [s for d, s in enumerate(t.shape) if d != dim]
+    x = jnp.moveaxis(t, dim, 0).reshape(t.shape[dim], math.prod(rest))
+    if n == "nuc":
+        mats = jnp.moveaxis(t, dim, 0).reshape(t.shape[dim], *rest)
+        return jnp.sum(jnp.linalg.svd(mats, compute_uv=False), axis=-1)
+    a = jnp.abs(x)
+    if n == "fro" or n == 2.0:
+        return jnp.sqrt(jnp.sum(a * a, axis=1))
+    if n == math.inf:
+        return jnp.max(a, axis=1, initial=0.0)
+    if n == -math.inf:
+        return jnp.min(a, axis=1, initial=math.inf)
+    if n == 0.0:
+        return jnp.sum(a != 0, axis=1).astype(t.dtype)
+    if n == 1.0:
+        return jnp.sum(a, axis=1)
+    return jnp.sum(a**n, axis=1) ** (1.0 / n)
+
+
+def ln_structured(
+    t: ArrayLike,
+    amount: Amount,
+    n: NormOrder,
+    dim: int = -1,
+    *,
+    importance_scores: ArrayLike | None = None,
+    default_mask: ArrayLike | None = None,
+) -> Array:
+    """Prune the ``amount`` slices along ``dim`` with the smallest ``n``-norm
+    (torch's ``LnStructured``).
+
+    Args:
+      t: a tensor with at least 2 dims, floating (or integer scores, ranked as float).
+      amount: int count or float fraction of the slices.
+      n: the norm order, see :func:`slice_norms`.
+      dim: the axis whose slices are the units.
+      importance_scores: take norms of these instead of ``t``.
+      default_mask: keep-mask of an earlier pruning; fully pruned slices are no
+        longer candidates.
+
+    >>> import jax.numpy as jnp, jaxprune as jp
+    >>> t = jnp.array([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    >>> jp.ln_structured(t, amount=1, n=2, dim=0)  # row norms 5.5 < 13.2
+    Array([[False, False, False, False],
+           [ True,  True,  True,  True]], dtype=bool)
+    """
+    t = as_tensor(t)
+    scores = check_scores(t, importance_scores)
+    dim = check_dim(t.shape, dim)
+    n = check_norm(n, t.ndim)
+    checked = check_amount(amount)
+    return _prune_slices(_slice_norms(scores, n, dim), checked, t.shape, dim, default_mask)

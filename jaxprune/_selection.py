@@ -1,0 +1,234 @@
+"""Exact selection of the k lowest scores: the kernel every method stands on.
+
+The contract: given scores and a count ``k``, mark exactly ``k`` candidates, the
+ones with the lowest scores. Ties are broken by position (the lower flat index
+is selected first; across several arrays, the order is their concatenation),
+and NaN ranks above ``+inf`` (selected last).
+
+Why not a sort: on XLA:CPU ``sort``, ``argsort`` and ``top_k`` are single
+threaded and 9-25x slower than torch's ``topk`` on millions of values. Instead
+the scores become unsigned integer *sort keys* (a monotone bit mapping), and a
+radix select finds the key of the k-th lowest candidate with one 65536-bin
+histogram per 16 bits of key (two passes over float32 data). Ties at that key
+are cut by position with per-row counts, so the count is exact without a
+full-length ``cumsum``. Small inputs (the per-slice scores of structured
+methods, for instance) take a stable sort instead, which is cheaper there.
+
+Everything here is traceable: ``k`` may be a traced integer, so changing the
+amount never recompiles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ._typing import Array
+
+#: At most this many values in total take the stable-sort path.
+SORT_MAX = 4096
+#: Histogram passes split large arrays into chunks of about this many values
+#: (XLA:CPU runs several smaller scatters faster than one big one).
+CHUNK = 1 << 20
+#: Row length cap for the tie cut (rows of at most this many values).
+ROW_MAX = 4096
+
+_DIGIT_BITS = 16
+_BINS = 1 << _DIGIT_BITS
+
+
+# --------------------------------------------------------------------------
+# Sort keys
+# --------------------------------------------------------------------------
+
+
+def key_dtype(dtype: np.dtype) -> np.dtype:
+    """The unsigned key dtype for scores of ``dtype`` (32 or 64 bits)."""
+    dtype = np.dtype(dtype)
+    return np.dtype(np.uint64) if dtype.itemsize == 8 else np.dtype(np.uint32)
+
+
+def sort_keys(scores: Array) -> Array:
+    """Map real scores to unsigned keys with the same order (NaN above +inf).
+
+    Floats use the IEEE trick (flip all bits of negatives, set the sign bit of
+    positives), with every NaN mapped to the largest key; signed integers are
+    offset by half their range. ``-0.0`` ranks just below ``+0.0``.
+    """
+    dtype = scores.dtype
+    if jnp.issubdtype(dtype, jnp.unsignedinteger):
+        return scores.astype(key_dtype(dtype))
+    if jnp.issubdtype(dtype, jnp.signedinteger):
+        udt = key_dtype(dtype)
+        sdt = np.int64 if udt == np.uint64 else np.int32
+        sign = np.array(1 << (udt.itemsize * 8 - 1), udt)
+        return lax.bitcast_convert_type(scores.astype(sdt), udt) ^ sign
+    if jnp.issubdtype(dtype, jnp.floating):
+        fdt = np.float64 if np.dtype(dtype).itemsize == 8 else np.float32
+        udt = key_dtype(fdt)
+        x = scores.astype(fdt)
+        bits = lax.bitcast_convert_type(x, udt)
+        sign = np.array(1 << (udt.itemsize * 8 - 1), udt)
+        keys = jnp.where(bits >= sign, ~bits, bits | sign)
+        return jnp.where(jnp.isnan(x), np.array(np.iinfo(udt).max, udt), keys)
+    raise TypeError(f"scores must be real numbers, got dtype {dtype}")
+
+
+# --------------------------------------------------------------------------
+# The public kernel
+# --------------------------------------------------------------------------
+
+
+def select_lowest(
+    keys: Sequence[Array], candidates: Sequence[Array | None], k: Array
+) -> list[Array]:
+    """Mark exactly ``k`` candidates with the lowest keys, ties by position.
+
+    Args:
+      keys: flat unsigned key arrays of one dtype (see :func:`sort_keys`); their
+        concatenation is the ranked sequence.
+      candidates: for each array, a flat bool array of the same length (False:
+        never selected) or None (every entry is a candidate).
+      k: int32 scalar, ``0 <= k <= number of candidates`` (the caller clamps).
+
+    Returns:
+      For each array, a flat bool array: True where selected.
+    """
+    keys = [jnp.ravel(x) for x in keys]
+    cands = [None if c is None else jnp.ravel(c) for c in candidates]
+    k = jnp.asarray(k, jnp.int32)
+    total = sum(x.size for x in keys)
+    if total == 0:
+        return [jnp.zeros(x.shape, bool) for x in keys]
+    if total <= SORT_MAX:
+        return _select_by_sort(keys, cands, k)
+    return _select_by_radix(keys, cands, k)
+
+
+def _select_by_sort(keys: list[Array], cands: list[Array | None], k: Array) -> list[Array]:
+    flat = jnp.concatenate(keys)
+    excluded = jnp.concatenate(
+        [jnp.zeros(x.shape, jnp.uint8) if c is None else (~c).astype(jnp.uint8) for x, c in zip(keys, cands)]
+    )
+    position = lax.iota(jnp.int32, flat.size)
+    # Non-candidates sort after every candidate; equal keys keep their order.
+    _, _, order = lax.sort((excluded, flat, position), num_keys=2, is_stable=True)
+    rank = jnp.zeros(flat.size, jnp.int32).at[order].set(position)
+    selected = rank < k
+    out, start = [], 0
+    for x in keys:
+        out.append(selected[start : start + x.size])
+        start += x.size
+    return out
+
+
+# --------------------------------------------------------------------------
+# Radix select
+# --------------------------------------------------------------------------
+
+
+def _chunks(n: int) -> list[tuple[int, int]]:
+    bounds = list(range(0, n, CHUNK)) + [n]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def _histogram(keys: list[Array], cands: list[Array | None], shift: int, prefix: Array) -> Array:
+    """Counts of the 16-bit digit at ``shift`` among candidates whose higher
+    digits equal those of ``prefix``."""
+    udt = keys[0].dtype
+    hist = jnp.zeros(_BINS, jnp.int32)
+    for x, c in zip(keys, cands):
+        for a, b in _chunks(x.size):
+            part = x[a:b]
+            digit = ((part >> np.array(shift, udt)) & np.array(_BINS - 1, udt)).astype(jnp.int32)
+            live = None if c is None else c[a:b]
+            higher = shift + _DIGIT_BITS
+            if higher < udt.itemsize * 8:
+                same = (part >> np.array(higher, udt)) == (prefix >> np.array(higher, udt))
+                live = same if live is None else live & same
+            if live is not None:
+                digit = jnp.where(live, digit, _BINS)  # out of range: dropped
+            hist = hist.at[digit].add(1, mode="drop")
+    return hist
+
+
+def _select_by_radix(keys: list[Array], cands: list[Array | None], k: Array) -> list[Array]:
+    udt = keys[0].dtype
+    nbits = udt.itemsize * 8
+    prefix = jnp.zeros((), udt)
+    remaining = k  # how many still to select at or above the current prefix
+    tied = jnp.zeros((), jnp.int32)
+    for shift in range(nbits - _DIGIT_BITS, -1, -_DIGIT_BITS):
+        hist = _histogram(keys, cands, shift, prefix)
+        cum = jnp.cumsum(hist)
+        digit = jnp.minimum(jnp.searchsorted(cum, remaining, side="left"), _BINS - 1)
+        tied = hist[digit]
+        remaining = remaining - (cum[digit] - tied)
+        prefix = prefix | (digit.astype(udt) << np.array(shift, udt))
+    threshold = prefix
+    # Now: every candidate with key < threshold is selected, and `remaining`
+    # of the `tied` candidates with key == threshold (lowest positions first).
+
+    def below_or_equal(_):
+        return [_live(x < threshold, c) | _live(x == threshold, c) for x, c in zip(keys, cands)]
+
+    def cut_ties(_):
+        return _select_with_tie_cut(keys, cands, threshold, remaining)
+
+    return lax.cond(remaining == tied, below_or_equal, cut_ties, None)
+
+
+def _live(mask: Array, cand: Array | None) -> Array:
+    return mask if cand is None else mask & cand
+
+
+def _row_length(n: int) -> int:
+    """The largest divisor of ``n`` that is at most ROW_MAX."""
+    for length in range(min(n, ROW_MAX), 0, -1):
+        if n % length == 0:
+            return length
+    return 1
+
+
+def _select_with_tie_cut(
+    keys: list[Array], cands: list[Array | None], threshold: Array, remaining: Array
+) -> list[Array]:
+    """Select keys below ``threshold`` plus the first ``remaining`` equal ones.
+
+    Each array is viewed as rows; per-row counts of tied candidates locate the
+    row holding the cut, and a cumulative sum over that one row finds the column.
+    """
+    ties, shapes, row_counts = [], [], []
+    for x, c in zip(keys, cands):
+        length = _row_length(x.size)
+        tie = _live(x == threshold, c).reshape(-1, length)
+        ties.append(tie)
+        shapes.append(tie.shape)
+        row_counts.append(jnp.sum(tie, axis=1, dtype=jnp.int32))
+    counts = jnp.concatenate(row_counts)
+    cum = jnp.cumsum(counts)
+    cut_row = jnp.searchsorted(cum, remaining, side="left").astype(jnp.int32)
+    cut_row = jnp.minimum(cut_row, counts.size - 1)
+    in_row = remaining - (cum[cut_row] - counts[cut_row])  # ties to take in the cut row
+
+    offsets = np.cumsum([0] + [rows for rows, _ in shapes[:-1]])
+    cut_col = jnp.zeros((), jnp.int32)
+    for tie, (rows, length), offset in zip(ties, shapes, offsets):
+        local = jnp.clip(cut_row - offset, 0, rows - 1)
+        row = lax.dynamic_index_in_dim(tie, local, axis=0, keepdims=False)
+        col = jnp.searchsorted(jnp.cumsum(row, dtype=jnp.int32), in_row, side="left").astype(jnp.int32)
+        inside = (cut_row >= offset) & (cut_row < offset + rows)
+        cut_col = jnp.where(inside, col, cut_col)
+
+    out = []
+    for x, c, tie, (rows, length), offset in zip(keys, cands, ties, shapes, offsets):
+        row_ids = lax.broadcasted_iota(jnp.int32, (rows, length), 0) + np.int32(offset)
+        col_ids = lax.broadcasted_iota(jnp.int32, (rows, length), 1)
+        before_cut = (row_ids < cut_row) | ((row_ids == cut_row) & (col_ids <= cut_col))
+        taken = (tie & before_cut).reshape(-1)
+        out.append(_live(x < threshold, c) | taken)
+    return out

@@ -1,0 +1,230 @@
+"""Pytrees of parameters and masks: global pruning, applying masks, reading them.
+
+A mask tree has the structure of its parameter tree; ``None`` marks a leaf that
+is not pruned. Leaf paths are written ``"encoder.layers.0.kernel"`` (dict keys,
+sequence indices and attribute names joined by dots); each leaf's random key is
+derived from the caller's key and that path, so adding or removing a leaf never
+changes another leaf's draws.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import tree_util
+
+from . import _methods
+from ._amounts import check_amount, count_to_prune
+from ._errors import PruningShapeError
+from ._selection import select_lowest, sort_keys
+from ._typing import Amount, Array, ArrayLike, PRNGKey, PyTree
+
+
+def path_str(path: Sequence[object]) -> str:
+    """A key path as a dotted string: ``('a', 0, 'kernel')`` -> ``"a.0.kernel"``.
+
+    >>> import jax
+    >>> [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path({"a": [1, 2]})]
+    ['a.0', 'a.1']
+    """
+    parts = []
+    for entry in path:
+        if isinstance(entry, tree_util.DictKey):
+            parts.append(str(entry.key))
+        elif isinstance(entry, tree_util.SequenceKey):
+            parts.append(str(entry.idx))
+        elif isinstance(entry, tree_util.GetAttrKey):
+            parts.append(entry.name)
+        elif isinstance(entry, tree_util.FlattenedIndexKey):
+            parts.append(str(entry.key))
+        else:
+            parts.append(str(entry))
+    return ".".join(parts)
+
+
+def leaf_key(key: PRNGKey, path: str) -> PRNGKey:
+    """The key for the leaf at ``path``: ``key`` folded with a stable hash of the path.
+
+    >>> import jax
+    >>> k = jax.random.key(0)
+    >>> bool((jax.random.key_data(leaf_key(k, "a.kernel")) == jax.random.key_data(leaf_key(k, "a.kernel"))).all())
+    True
+    """
+    digest = hashlib.blake2b(path.encode("utf-8"), digest_size=4).digest()
+    return jax.random.fold_in(key, int.from_bytes(digest, "little"))
+
+
+def _leaves_with_paths(tree: PyTree) -> list[tuple[str, object]]:
+    return [(path_str(p), leaf) for p, leaf in tree_util.tree_leaves_with_path(tree)]
+
+
+def _align(tree: PyTree, other: PyTree | None, name: str) -> list[object | None]:
+    """Leaves of ``other`` matched to ``tree``'s leaves (None where ``other`` has None)."""
+    if other is None:
+        return [None] * len(tree_util.tree_leaves(tree))
+    try:
+        aligned = jax.tree.map(lambda _, o: o, tree, other, is_leaf=lambda x: x is None)
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"{name} must have the structure of the tree (None where a leaf has none): "
+            f"tree {jax.tree.structure(tree)}, {name} {jax.tree.structure(other)}"
+        ) from err
+    return jax.tree.leaves(aligned, is_leaf=lambda x: x is None)
+
+
+def global_unstructured(
+    tree: PyTree,
+    amount: Amount,
+    *,
+    method: str = "l1",
+    key: PRNGKey | None = None,
+    importance_scores: PyTree | None = None,
+    default_masks: PyTree | None = None,
+) -> PyTree:
+    """Prune ``amount`` entries across every leaf of ``tree`` at once (torch's
+    ``global_unstructured``), returning a mask tree of the same structure.
+
+    Args:
+      tree: a pytree of arrays (every leaf is pruned).
+      amount: int count or float fraction of all (still unpruned) entries.
+      method: ``"l1"`` (lowest ``|score|`` across the tree) or ``"random"``.
+      key: required for ``"random"``; each leaf draws from a key derived from
+        its path (see :func:`leaf_key`).
+      importance_scores: a tree like ``tree`` (None for a leaf = its own
+        values) to rank instead of the parameters (``"l1"`` only).
+      default_masks: keep-masks of earlier pruning (None for a leaf = all
+        kept); the amount applies to the entries they keep.
+
+    Returns:
+      A tree of bool masks. Exactly ``k`` entries are pruned in total; ties go
+      to the lower position in the leaves' order (``jax.tree.leaves``).
+
+    >>> import jax.numpy as jnp, jaxprune as jp
+    >>> params = {"m": jnp.array([[1.0, 2.0, 3.0, 4.0], [-4.0, -3.0, -2.0, -1.0]]),
+    ...           "n": jnp.array([[0.0, 0.1, -2.0]])}
+    >>> masks = jp.global_unstructured(params, amount=4)
+    >>> masks["n"]
+    Array([[False, False,  True]], dtype=bool)
+    """
+    if method not in ("l1", "random"):
+        raise ValueError(f"method must be 'l1' or 'random', got {method!r}")
+    checked = check_amount(amount)
+    named = _leaves_with_paths(tree)
+    if not named:
+        raise ValueError("global_unstructured needs at least one array in the tree, got an empty tree")
+    leaves = [_methods.as_tensor(leaf, f"leaf {path!r}") for path, leaf in named]
+    paths = [path for path, _ in named]
+
+    masks: list[Array | None] = []
+    for path, leaf, mask in zip(paths, leaves, _align(tree, default_masks, "default_masks")):
+        masks.append(None if mask is None else _methods.as_mask(mask, leaf.shape, f"default_masks[{path!r}]"))
+
+    if method == "random":
+        if importance_scores is not None:
+            raise ValueError("importance_scores only apply to method='l1'")
+        key = _methods.check_key(key)
+        keys = tuple(leaf_key(key, path) for path in paths)
+        scores = None
+    else:
+        scores = []
+        for path, leaf, s in zip(paths, leaves, _align(tree, importance_scores, "importance_scores")):
+            if s is None:
+                scores.append(leaf)
+                continue
+            s = _methods.as_tensor(s, f"importance_scores[{path!r}]")
+            if s.shape != leaf.shape:
+                raise PruningShapeError(
+                    f"importance_scores[{path!r}] should have the shape of the leaf, got {s.shape} vs {leaf.shape}"
+                )
+            scores.append(s)
+        keys = None
+
+    units = 0
+    for leaf, mask in zip(leaves, masks):
+        units = units + _methods.count_units(mask, leaf.size)
+    k = _methods._as_k(count_to_prune(checked, units))
+    shapes = tuple(leaf.shape for leaf in leaves)
+    out = _global_keep(scores, keys, masks, k, shapes)
+    return jax.tree.unflatten(jax.tree.structure(tree), out)
+
+
+@functools.partial(jax.jit, static_argnames=("shapes",))
+def _global_keep(
+    scores: list[Array] | None,
+    keys: tuple[PRNGKey, ...] | None,
+    masks: list[Array | None],
+    k: Array,
+    shapes: tuple[tuple[int, ...], ...],
+) -> list[Array]:
+    if scores is None:
+        sort = [jax.random.bits(kk, shape, jnp.uint32).reshape(-1) for kk, shape in zip(keys, shapes)]
+    else:
+        dtype = jnp.result_type(*[s.dtype for s in scores])
+        sort = [sort_keys(jnp.abs(s.astype(dtype))).reshape(-1) for s in scores]
+    cands = [None if m is None else m.reshape(-1) for m in masks]
+    selected = select_lowest(sort, cands, k)
+    out = []
+    for sel, mask, shape in zip(selected, masks, shapes):
+        keep = ~sel.reshape(shape)
+        out.append(keep if mask is None else keep & mask)
+    return out
+
+
+def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
+    """Zero the pruned entries: ``where(mask, param, 0)`` leaf by leaf.
+
+    ``masks`` has the structure of ``params`` with None for leaves left alone
+    (a single array and its mask work too). Pruned entries become exactly 0,
+    even where the parameter is NaN or inf.
+
+    >>> import jax.numpy as jnp, jaxprune as jp
+    >>> jp.apply_masks({"w": jnp.array([1.0, -2.0]), "b": jnp.array([3.0])},
+    ...                {"w": jnp.array([False, True]), "b": None})
+    {'b': Array([3.], dtype=float32), 'w': Array([ 0., -2.], dtype=float32)}
+    """
+
+    def apply(mask: ArrayLike | None, param: ArrayLike) -> ArrayLike:
+        if mask is None:
+            return param
+        param_arr = jnp.asarray(param)
+        mask_arr = jnp.asarray(mask)
+        if mask_arr.shape != param_arr.shape:
+            raise PruningShapeError(f"a mask of shape {mask_arr.shape} does not fit a parameter of shape {param_arr.shape}")
+        keep = mask_arr if mask_arr.dtype == jnp.bool_ else mask_arr != 0
+        return jnp.where(keep, param_arr, jnp.zeros((), param_arr.dtype))
+
+    try:
+        return jax.tree.map(apply, masks, params, is_leaf=lambda x: x is None)
+    except ValueError as err:
+        if isinstance(err, PruningShapeError):
+            raise
+        raise ValueError(
+            f"masks must have the structure of params (None for leaves not pruned): "
+            f"masks {jax.tree.structure(masks, is_leaf=lambda x: x is None)}, params {jax.tree.structure(params)}"
+        ) from err
+
+
+def pruned_indices(mask: ArrayLike, dim: int) -> np.ndarray:
+    """Indices of the slices along ``dim`` that ``mask`` prunes entirely (host-side).
+
+    >>> import jax.numpy as jnp, jaxprune as jp
+    >>> jp.pruned_indices(jnp.array([[True, False, True], [True, False, False]]), dim=1)
+    array([1])
+    """
+    arr = np.asarray(mask)
+    if arr.ndim == 0:
+        raise ValueError("pruned_indices needs a mask with at least 1 dim, got a 0-d mask")
+    if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, (int, np.integer)):
+        raise TypeError(f"dim must be an int, got {type(dim).__name__}: {dim!r}")
+    if not -arr.ndim <= dim < arr.ndim:
+        raise IndexError(f"Invalid index {dim} for a mask of shape {arr.shape}")
+    keep = arr if arr.dtype == np.bool_ else arr != 0
+    dim = int(dim) % arr.ndim
+    others = tuple(d for d in range(arr.ndim) if d != dim)
+    alive = np.any(keep, axis=others) if others else keep
+    return np.flatnonzero(~alive)
