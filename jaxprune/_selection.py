@@ -101,12 +101,16 @@ def select_lowest(
     keys = [jnp.ravel(x) for x in keys]
     cands = [None if c is None else jnp.ravel(c) for c in candidates]
     k = jnp.asarray(k, jnp.int32)
-    total = sum(x.size for x in keys)
-    if total == 0:
-        return [jnp.zeros(x.shape, bool) for x in keys]
-    if total <= SORT_MAX:
-        return _select_by_sort(keys, cands, k)
-    return _select_by_radix(keys, cands, k)
+    nonempty = [i for i, x in enumerate(keys) if x.size]
+    out = [jnp.zeros(x.shape, bool) for x in keys]
+    if not nonempty:
+        return out
+    keys = [keys[i] for i in nonempty]
+    cands = [cands[i] for i in nonempty]
+    select = _select_by_sort if sum(x.size for x in keys) <= SORT_MAX else _select_by_radix
+    for i, selected in zip(nonempty, select(keys, cands, k)):
+        out[i] = selected
+    return out
 
 
 def _select_by_sort(keys: list[Array], cands: list[Array | None], k: Array) -> list[Array]:

@@ -1,0 +1,110 @@
+"""The selection kernel: exact k lowest, ties by position, NaN last, on both paths."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxprune import _selection
+from jaxprune._selection import select_lowest, sort_keys
+
+
+def reference(scores: list[np.ndarray], cands: list[np.ndarray | None], k: int) -> list[np.ndarray]:
+    """Stable argsort of the concatenation (NaN last), first k candidates."""
+    flat = np.concatenate([s.ravel() for s in scores])
+    cand = np.concatenate([np.ones(s.size, bool) if c is None else c.ravel() for s, c in zip(scores, cands)])
+    order = np.lexsort((np.arange(flat.size), flat, ~cand))  # numpy sorts NaN last
+    chosen = np.zeros(flat.size, bool)
+    chosen[order[:k]] = True
+    out, start = [], 0
+    for s in scores:
+        out.append(chosen[start : start + s.size])
+        start += s.size
+    return out
+
+
+@pytest.fixture(params=["sort", "radix", "radix-small-chunks"])
+def path(request, monkeypatch):
+    if request.param == "sort":
+        monkeypatch.setattr(_selection, "SORT_MAX", 10**9)
+    else:
+        monkeypatch.setattr(_selection, "SORT_MAX", 0)
+    if request.param == "radix-small-chunks":
+        monkeypatch.setattr(_selection, "CHUNK", 37)
+        monkeypatch.setattr(_selection, "ROW_MAX", 7)
+    jax.clear_caches()
+    yield request.param
+    jax.clear_caches()
+
+
+@jax.jit
+def _select(scores, cands, k):
+    return select_lowest([sort_keys(s) for s in scores], cands, k)
+
+
+def run(scores, cands, k):
+    cj = [None if c is None else jnp.asarray(c) for c in cands]
+    return [np.asarray(x) for x in _select([jnp.asarray(s) for s in scores], cj, jnp.int32(k))]
+
+
+@pytest.mark.parametrize("k", [0, 1, 5, 50, 199, 200])
+def test_ties_everywhere(path, k):
+    scores = [np.ones(200, np.float32)]
+    (got,) = run(scores, [None], k)
+    np.testing.assert_array_equal(got, np.arange(200) < k)
+
+
+def test_matches_reference_with_many_ties_and_candidates(path):
+    rng = np.random.default_rng(1)
+    layouts = [(250,), (0, 120), (97, 1, 260), (300, 64)]
+    for trial in range(12):
+        sizes = layouts[trial % len(layouts)]
+        scores = [rng.integers(-3, 4, size=int(n)).astype(np.float32) for n in sizes]
+        cands = [None if (trial + i) % 3 == 0 else rng.random(int(n)) < 0.7 for i, n in enumerate(sizes)]
+        total = sum(int(n) if c is None else int(c.sum()) for n, c in zip(sizes, cands))
+        for k in {0, total // 3, total // 2, total}:
+            got = run(scores, cands, k)
+            for g, r in zip(got, reference(scores, cands, k)):
+                np.testing.assert_array_equal(g, r, err_msg=f"trial {trial} k {k}")
+
+
+def test_nan_and_infinities_rank_last(path):
+    x = np.array([np.nan, 0.1, np.inf, -np.inf, -0.0, 0.0, np.nan, 5.0], np.float32)
+    order = []
+    for k in range(1, x.size + 1):
+        (got,) = run([x], [None], k)
+        order.append(int(np.flatnonzero(got & ~np.isin(np.arange(x.size), order))[0]))
+    assert order == [3, 4, 5, 1, 7, 2, 0, 6]
+
+
+def test_integer_and_unsigned_scores(path):
+    ints = np.array([5, -7, 0, 2**31 - 1, -(2**31), 3], np.int32)
+    (got,) = run([ints], [None], 3)
+    np.testing.assert_array_equal(got, [False, True, True, False, True, False])
+    uints = np.array([2**32 - 1, 0, 7, 2**31], np.uint32)
+    (got,) = run([uints], [None], 2)
+    np.testing.assert_array_equal(got, [False, True, True, False])
+
+
+def test_large_random_input_exact_count():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(3 * _selection.CHUNK // 2).astype(np.float32)
+    x[::1000] = 0.25  # a big tie group straddling chunks
+    for k in (1, 12345, x.size // 2):
+        (got,) = run([np.abs(x)], [None], k)
+        (ref,) = reference([np.abs(x)], [None], k)
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_sort_keys_order():
+    x = jnp.array([-np.inf, -2.0, -0.0, 0.0, 1e-30, 3.0, np.inf, np.nan, -np.nan], jnp.float32)
+    keys = np.asarray(sort_keys(x))
+    assert (np.diff(keys[:7].astype(np.int64)) > 0).all()
+    assert keys[7] == keys[8] == np.iinfo(np.uint32).max
+    half = sort_keys(jnp.array([-1.0, 0.5, 2.0], jnp.bfloat16))
+    assert (np.diff(np.asarray(half).astype(np.int64)) > 0).all()
+
+
+def test_empty_input(path):
+    (got,) = run([np.zeros(0, np.float32)], [None], 0)
+    assert got.shape == (0,)
