@@ -131,12 +131,14 @@ def _as_k(k: int | Array) -> Array:
 # --------------------------------------------------------------------------
 
 
+def _magnitude_keys(scores: Array) -> Array:
+    return sort_keys(jnp.abs(scores))
+
+
 @functools.partial(jax.jit, static_argnames=("absolute",))
 def _keep_lowest_entries(scores: Array, default_mask: Array | None, k: Array, absolute: bool = False) -> Array:
-    if absolute:
-        scores = jnp.abs(scores)
-    cand = None if default_mask is None else default_mask.reshape(-1)
-    selected = select_lowest([sort_keys(scores).reshape(-1)], [cand], k)[0].reshape(scores.shape)
+    to_keys = _magnitude_keys if absolute else sort_keys
+    selected = select_lowest([scores], [default_mask], k, to_keys=to_keys)[0].reshape(scores.shape)
     return ~selected if default_mask is None else default_mask & ~selected
 
 
@@ -188,7 +190,7 @@ def _keep_lowest_slices(
     if default_mask is not None:
         others = tuple(d for d in range(len(shape)) if d != dim)
         alive = jnp.any(default_mask, axis=others)
-    selected = select_lowest([sort_keys(slice_scores)], [alive], k)[0]
+    selected = select_lowest([slice_scores], [alive], k)[0]
     keep_slices = ~selected if alive is None else alive & ~selected
     view = [1] * len(shape)
     view[dim] = shape[dim]

@@ -20,7 +20,7 @@ amount never recompiles.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -84,32 +84,41 @@ def sort_keys(scores: Array) -> Array:
 
 
 def select_lowest(
-    keys: Sequence[Array], candidates: Sequence[Array | None], k: Array
+    scores: Sequence[Array],
+    candidates: Sequence[Array | None],
+    k: Array,
+    *,
+    to_keys: Callable[[Array], Array] = sort_keys,
 ) -> list[Array]:
     """Mark exactly ``k`` candidates with the lowest keys, ties by position.
 
     Args:
-      keys: flat unsigned key arrays of one dtype (see :func:`sort_keys`); their
-        concatenation is the ranked sequence.
-      candidates: for each array, a flat bool array of the same length (False:
-        never selected) or None (every entry is a candidate).
+      scores: arrays whose flat concatenation is the ranked sequence.
+      candidates: for each array, a bool array of its size (False: never
+        selected) or None (every entry is a candidate).
       k: int32 scalar, ``0 <= k <= number of candidates`` (the caller clamps).
+      to_keys: maps (a chunk of) scores to unsigned sort keys of one dtype; it
+        is applied chunk by chunk inside each pass, so keys for the whole input
+        never sit in memory at once.
 
     Returns:
       For each array, a flat bool array: True where selected.
     """
-    keys = [jnp.ravel(x) for x in keys]
+    scores = [jnp.ravel(x) for x in scores]
     cands = [None if c is None else jnp.ravel(c) for c in candidates]
     k = jnp.asarray(k, jnp.int32)
-    nonempty = [i for i, x in enumerate(keys) if x.size]
-    out = [jnp.zeros(x.shape, bool) for x in keys]
+    nonempty = [i for i, x in enumerate(scores) if x.size]
+    out = [jnp.zeros(x.shape, bool) for x in scores]
     if not nonempty:
         return out
-    keys = [keys[i] for i in nonempty]
+    scores = [scores[i] for i in nonempty]
     cands = [cands[i] for i in nonempty]
-    select = _select_by_sort if sum(x.size for x in keys) <= SORT_MAX else _select_by_radix
-    for i, selected in zip(nonempty, select(keys, cands, k)):
-        out[i] = selected
+    if sum(x.size for x in scores) <= SORT_MAX:
+        selected = _select_by_sort([to_keys(x) for x in scores], cands, k)
+    else:
+        selected = _select_by_radix(scores, cands, k, to_keys)
+    for i, sel in zip(nonempty, selected):
+        out[i] = sel
     return out
 
 
@@ -135,39 +144,61 @@ def _select_by_sort(keys: list[Array], cands: list[Array | None], k: Array) -> l
 # --------------------------------------------------------------------------
 
 
-def _chunks(n: int) -> list[tuple[int, int]]:
-    bounds = list(range(0, n, CHUNK)) + [n]
-    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+def _histogram(
+    scores: list[Array],
+    cands: list[Array | None],
+    to_keys: Callable[[Array], Array],
+    shift: int,
+    prefix: Array,
+) -> Array:
+    """Counts of the 16-bit key digit at ``shift`` among candidates whose
+    higher digits equal those of ``prefix``.
 
+    Each array is read in chunks of CHUNK values inside a loop, so only one
+    chunk's keys and digits exist at a time (and XLA:CPU scatters a chunk
+    faster than a whole array).
+    """
+    udt = prefix.dtype
+    higher = shift + _DIGIT_BITS
 
-def _histogram(keys: list[Array], cands: list[Array | None], shift: int, prefix: Array) -> Array:
-    """Counts of the 16-bit digit at ``shift`` among candidates whose higher
-    digits equal those of ``prefix``."""
-    udt = keys[0].dtype
+    def count(hist: Array, part: Array, live: Array | None) -> Array:
+        keys = to_keys(part)
+        digit = ((keys >> np.array(shift, udt)) & np.array(_BINS - 1, udt)).astype(jnp.int32)
+        if higher < udt.itemsize * 8:
+            same = (keys >> np.array(higher, udt)) == (prefix >> np.array(higher, udt))
+            live = same if live is None else live & same
+        if live is not None:
+            digit = jnp.where(live, digit, _BINS)  # out of range: dropped
+        return hist.at[digit].add(1, mode="drop")
+
     hist = jnp.zeros(_BINS, jnp.int32)
-    for x, c in zip(keys, cands):
-        for a, b in _chunks(x.size):
-            part = x[a:b]
-            digit = ((part >> np.array(shift, udt)) & np.array(_BINS - 1, udt)).astype(jnp.int32)
-            live = None if c is None else c[a:b]
-            higher = shift + _DIGIT_BITS
-            if higher < udt.itemsize * 8:
-                same = (part >> np.array(higher, udt)) == (prefix >> np.array(higher, udt))
-                live = same if live is None else live & same
-            if live is not None:
-                digit = jnp.where(live, digit, _BINS)  # out of range: dropped
-            hist = hist.at[digit].add(1, mode="drop")
+    for x, c in zip(scores, cands):
+        full = x.size // CHUNK
+        if full:
+
+            def body(i: Array, hist: Array, x: Array = x, c: Array | None = c) -> Array:
+                start = i * CHUNK
+                part = lax.dynamic_slice_in_dim(x, start, CHUNK)
+                live = None if c is None else lax.dynamic_slice_in_dim(c, start, CHUNK)
+                return count(hist, part, live)
+
+            hist = lax.fori_loop(0, full, body, hist)
+        if x.size % CHUNK:
+            tail = full * CHUNK
+            hist = count(hist, x[tail:], None if c is None else c[tail:])
     return hist
 
 
-def _select_by_radix(keys: list[Array], cands: list[Array | None], k: Array) -> list[Array]:
-    udt = keys[0].dtype
+def _select_by_radix(
+    scores: list[Array], cands: list[Array | None], k: Array, to_keys: Callable[[Array], Array]
+) -> list[Array]:
+    udt = jax.eval_shape(to_keys, scores[0][:1]).dtype
     nbits = udt.itemsize * 8
     prefix = jnp.zeros((), udt)
     remaining = k  # how many still to select at or above the current prefix
     tied = jnp.zeros((), jnp.int32)
     for shift in range(nbits - _DIGIT_BITS, -1, -_DIGIT_BITS):
-        hist = _histogram(keys, cands, shift, prefix)
+        hist = _histogram(scores, cands, to_keys, shift, prefix)
         cum = jnp.cumsum(hist)
         digit = jnp.minimum(jnp.searchsorted(cum, remaining, side="left"), _BINS - 1)
         tied = hist[digit]
@@ -177,11 +208,11 @@ def _select_by_radix(keys: list[Array], cands: list[Array | None], k: Array) -> 
     # Now: every candidate with key < threshold is selected, and `remaining`
     # of the `tied` candidates with key == threshold (lowest positions first).
 
-    def below_or_equal(_):
-        return [_live(x < threshold, c) | _live(x == threshold, c) for x, c in zip(keys, cands)]
+    def below_or_equal(_: None) -> list[Array]:
+        return [_live(to_keys(x) <= threshold, c) for x, c in zip(scores, cands)]
 
-    def cut_ties(_):
-        return _select_with_tie_cut(keys, cands, threshold, remaining)
+    def cut_ties(_: None) -> list[Array]:
+        return _select_with_tie_cut(scores, cands, to_keys, threshold, remaining)
 
     return lax.cond(remaining == tied, below_or_equal, cut_ties, None)
 
@@ -198,41 +229,77 @@ def _row_length(n: int) -> int:
     return 1
 
 
+def _tie_row_counts(
+    x: Array, c: Array | None, to_keys: Callable[[Array], Array], threshold: Array, length: int
+) -> Array:
+    """Per-row counts of candidates whose key equals ``threshold`` (rows of ``length``).
+
+    Counted block by block in a loop: XLA:CPU would otherwise materialise the
+    whole comparison as int32 before reducing it (4 bytes per entry).
+    """
+
+    def count(part: Array, live: Array | None) -> Array:
+        tie = _live(to_keys(part) == threshold, live).reshape(-1, length)
+        return jnp.sum(tie, axis=1, dtype=jnp.int32)
+
+    rows = x.size // length
+    block = max(1, CHUNK // length)  # rows per loop step
+    steps = rows // block
+    pieces = []
+    if steps:
+
+        def body(i: Array, acc: Array) -> Array:
+            start = i * (block * length)
+            part = lax.dynamic_slice_in_dim(x, start, block * length)
+            live = None if c is None else lax.dynamic_slice_in_dim(c, start, block * length)
+            return lax.dynamic_update_slice_in_dim(acc, count(part, live), i * block, 0)
+
+        pieces.append(lax.fori_loop(0, steps, body, jnp.zeros(steps * block, jnp.int32)))
+    tail = steps * block * length
+    if tail < x.size:
+        pieces.append(count(x[tail:], None if c is None else c[tail:]))
+    return jnp.concatenate(pieces)
+
+
 def _select_with_tie_cut(
-    keys: list[Array], cands: list[Array | None], threshold: Array, remaining: Array
+    scores: list[Array],
+    cands: list[Array | None],
+    to_keys: Callable[[Array], Array],
+    threshold: Array,
+    remaining: Array,
 ) -> list[Array]:
     """Select keys below ``threshold`` plus the first ``remaining`` equal ones.
 
     Each array is viewed as rows; per-row counts of tied candidates locate the
     row holding the cut, and a cumulative sum over that one row finds the column.
     """
-    ties, shapes, row_counts = [], [], []
-    for x, c in zip(keys, cands):
-        length = _row_length(x.size)
-        tie = _live(x == threshold, c).reshape(-1, length)
-        ties.append(tie)
-        shapes.append(tie.shape)
-        row_counts.append(jnp.sum(tie, axis=1, dtype=jnp.int32))
-    counts = jnp.concatenate(row_counts)
+    lengths = [_row_length(x.size) for x in scores]
+    counts = jnp.concatenate(
+        [_tie_row_counts(x, c, to_keys, threshold, n) for x, c, n in zip(scores, cands, lengths)]
+    )
     cum = jnp.cumsum(counts)
     cut_row = jnp.searchsorted(cum, remaining, side="left").astype(jnp.int32)
     cut_row = jnp.minimum(cut_row, counts.size - 1)
     in_row = remaining - (cum[cut_row] - counts[cut_row])  # ties to take in the cut row
 
-    offsets = np.cumsum([0] + [rows for rows, _ in shapes[:-1]])
+    rows = [x.size // n for x, n in zip(scores, lengths)]
+    offsets = [int(o) for o in np.cumsum([0] + rows[:-1])]
     cut_col = jnp.zeros((), jnp.int32)
-    for tie, (rows, length), offset in zip(ties, shapes, offsets):
-        local = jnp.clip(cut_row - offset, 0, rows - 1)
-        row = lax.dynamic_index_in_dim(tie, local, axis=0, keepdims=False)
+    for x, c, length, n_rows, offset in zip(scores, cands, lengths, rows, offsets):
+        start = jnp.clip(cut_row - offset, 0, n_rows - 1) * length
+        row = to_keys(lax.dynamic_slice_in_dim(x, start, length)) == threshold
+        if c is not None:
+            row = row & lax.dynamic_slice_in_dim(c, start, length)
         col = jnp.searchsorted(jnp.cumsum(row, dtype=jnp.int32), in_row, side="left").astype(jnp.int32)
-        inside = (cut_row >= offset) & (cut_row < offset + rows)
+        inside = (cut_row >= offset) & (cut_row < offset + n_rows)
         cut_col = jnp.where(inside, col, cut_col)
 
     out = []
-    for x, c, tie, (rows, length), offset in zip(keys, cands, ties, shapes, offsets):
-        row_ids = lax.broadcasted_iota(jnp.int32, (rows, length), 0) + np.int32(offset)
-        col_ids = lax.broadcasted_iota(jnp.int32, (rows, length), 1)
+    for x, c, length, n_rows, offset in zip(scores, cands, lengths, rows, offsets):
+        keys = to_keys(x).reshape(n_rows, length)
+        row_ids = lax.broadcasted_iota(jnp.int32, (n_rows, length), 0) + np.int32(offset)
+        col_ids = lax.broadcasted_iota(jnp.int32, (n_rows, length), 1)
         before_cut = (row_ids < cut_row) | ((row_ids == cut_row) & (col_ids <= cut_col))
-        taken = (tie & before_cut).reshape(-1)
-        out.append(_live(x < threshold, c) | taken)
+        chosen = (keys < threshold) | ((keys == threshold) & before_cut & (remaining > 0))
+        out.append(_live(chosen.reshape(-1), c))
     return out

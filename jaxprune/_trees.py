@@ -64,17 +64,24 @@ def _leaves_with_paths(tree: PyTree) -> list[tuple[str, object]]:
 
 
 def _align(tree: PyTree, other: PyTree | None, name: str) -> list[object | None]:
-    """Leaves of ``other`` matched to ``tree``'s leaves (None where ``other`` has None)."""
+    """Leaves of ``other`` matched to ``tree``'s leaves (None where ``other`` has None).
+
+    ``other`` must have exactly ``tree``'s structure, a None standing for a leaf.
+    """
     if other is None:
         return [None] * len(tree_util.tree_leaves(tree))
-    try:
-        aligned = jax.tree.map(lambda _, o: o, tree, other, is_leaf=lambda x: x is None)
-    except (ValueError, TypeError) as err:
+    tree_leaves, tree_def = jax.tree.flatten(tree, is_leaf=_is_none)
+    other_leaves, other_def = jax.tree.flatten(other, is_leaf=_is_none)
+    if tree_def != other_def:
         raise ValueError(
             f"{name} must have the structure of the tree (None where a leaf has none): "
-            f"tree {jax.tree.structure(tree)}, {name} {jax.tree.structure(other)}"
-        ) from err
-    return jax.tree.leaves(aligned, is_leaf=lambda x: x is None)
+            f"tree {tree_def}, {name} {other_def}"
+        )
+    return [o for t, o in zip(tree_leaves, other_leaves) if t is not None]
+
+
+def _is_none(x: object) -> bool:
+    return x is None
 
 
 def global_unstructured(
@@ -162,12 +169,16 @@ def _global_keep(
     shapes: tuple[tuple[int, ...], ...],
 ) -> list[Array]:
     if scores is None:
-        sort = [jax.random.bits(kk, shape, jnp.uint32).reshape(-1) for kk, shape in zip(keys, shapes)]
+        ranked = [jax.random.bits(kk, shape, jnp.uint32) for kk, shape in zip(keys, shapes)]
+        to_keys = sort_keys
     else:
+        ranked = scores
         dtype = jnp.result_type(*[s.dtype for s in scores])
-        sort = [sort_keys(jnp.abs(s.astype(dtype))).reshape(-1) for s in scores]
-    cands = [None if m is None else m.reshape(-1) for m in masks]
-    selected = select_lowest(sort, cands, k)
+
+        def to_keys(s: Array) -> Array:
+            return sort_keys(jnp.abs(s.astype(dtype)))
+
+    selected = select_lowest(ranked, masks, k, to_keys=to_keys)
     out = []
     for sel, mask, shape in zip(selected, masks, shapes):
         keep = ~sel.reshape(shape)
