@@ -36,9 +36,14 @@ def as_tensor(t: ArrayLike, name: str = "t") -> Array:
         arr = t
     else:
         try:
-            arr = jnp.asarray(t)
+            host = np.asarray(t)
         except (TypeError, ValueError) as err:
             raise TypeError(f"{name} must be a numeric array, got {type(t).__name__}: {t!r}") from err
+        if host.dtype.kind not in "iuf" and host.dtype != jnp.bfloat16:
+            raise TypeError(
+                f"{name} must have a real numeric dtype (integer or floating), got {host.dtype}: {t!r}"
+            )
+        arr = jnp.asarray(host)
     if arr.dtype == jnp.bool_ or not (
         jnp.issubdtype(arr.dtype, jnp.integer) or jnp.issubdtype(arr.dtype, jnp.floating)
     ):

@@ -418,6 +418,11 @@ TENSOR_CALLS = {
 @pytest.mark.parametrize("call", list(TENSOR_CALLS), ids=list(TENSOR_CALLS))
 @pytest.mark.parametrize("t, pattern", NON_NUMERIC)
 def test_non_numeric_tensor(call, t, pattern):
+    if call == "global-importance_scores" and isinstance(t, list):
+        # A Python list is a pytree node: importance_scores no longer match the tree.
+        with pytest.raises(ValueError, match="structure"):
+            TENSOR_CALLS[call](t)
+        return
     with pytest.raises(TypeError, match=pattern):
         TENSOR_CALLS[call](t)
 
