@@ -57,7 +57,7 @@ def sort_keys(scores: Array) -> Array:
 
     Floats use the IEEE trick (flip all bits of negatives, set the sign bit of
     positives), with every NaN mapped to the largest key; signed integers are
-    offset by half their range. ``-0.0`` ranks just below ``+0.0``.
+    offset by half their range. ``-0.0`` and ``+0.0`` are equal (a tie).
     """
     dtype = scores.dtype
     if jnp.issubdtype(dtype, jnp.unsignedinteger):
@@ -71,6 +71,7 @@ def sort_keys(scores: Array) -> Array:
         fdt = np.float64 if np.dtype(dtype).itemsize == 8 else np.float32
         udt = key_dtype(fdt)
         x = scores.astype(fdt)
+        x = jnp.where(x == 0, jnp.zeros((), fdt), x)  # -0.0 ties with +0.0
         bits = lax.bitcast_convert_type(x, udt)
         sign = np.array(1 << (udt.itemsize * 8 - 1), udt)
         keys = jnp.where(bits >= sign, ~bits, bits | sign)
