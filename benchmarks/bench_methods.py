@@ -18,7 +18,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -150,24 +149,29 @@ def _memory_child() -> None:
     params_bytes = sum(a.nbytes for a in tree)
     fn = jax.jit(lambda tr: jp.global_unstructured(tr, 0.3))
     compiled = fn.lower(tree).compile()
-    rss_before = _rss_bytes()
-    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss_before = _status_bytes("VmRSS")
+    # Reset the peak-RSS counter (VmHWM) so that it measures this call only:
+    # ru_maxrss would also count the parent's memory at fork time.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
     masks = jax.block_until_ready(compiled(tree))
-    peak_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _status_bytes("VmHWM")
     pruned = sum(int((~m).sum()) for m in masks)
-    extra = max(peak_after - rss_before, 0)
+    extra = max(peak - rss_before, 0)
     print(json.dumps({
         "params_bytes": params_bytes,
         "extra_bytes": extra,
         "peak_ratio": (params_bytes + extra) / params_bytes,
         "pruned": pruned,
-        "peak_before_call_unchanged": peak_after == peak_before,
     }))
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def measure_global_memory() -> dict:
