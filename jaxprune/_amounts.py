@@ -177,28 +177,25 @@ def _to_limbs_host(value: int) -> list[int]:
     return [(value >> (_LIMB * i)) & _LIMB_MASK for i in range(_M_LIMBS)]
 
 
+# (float dtype, same-width unsigned dtype, fraction bits, exponent bias)
+_FLOAT_LAYOUTS = {8: (jnp.float64, jnp.uint64, 52, 1023), 4: (jnp.float32, jnp.uint32, 23, 127)}
+
+
 def _float_parts_device(a: Array) -> tuple[Array, Array]:
     """Mantissa limbs and shift of a traced fraction, clamped into [0, 1]; NaN -> 0."""
-    if a.dtype.itemsize == 8:
-        x = jnp.where(jnp.isnan(a), 0.0, jnp.clip(a, 0.0, 1.0))
-        bits = lax.bitcast_convert_type(x, jnp.uint64)
-        exponent = ((bits >> 52) & 0x7FF).astype(jnp.int32)
-        fraction = bits & np.uint64((1 << 52) - 1)
-        mantissa = jnp.where(exponent == 0, fraction, fraction | np.uint64(1 << 52))
-        shift = jnp.where(exponent == 0, 1074, 1075 - exponent)
-        limbs = jnp.stack([((mantissa >> np.uint64(_LIMB * i)) & np.uint64(_LIMB_MASK)).astype(jnp.uint32)
-                           for i in range(_M_LIMBS)])
-        return limbs, shift
-    x = a.astype(jnp.float32)
-    x = jnp.where(jnp.isnan(x), 0.0, jnp.clip(x, 0.0, 1.0))
-    bits = lax.bitcast_convert_type(x, jnp.uint32)
-    exponent = ((bits >> 23) & 0xFF).astype(jnp.int32)
-    fraction = bits & np.uint32((1 << 23) - 1)
-    mantissa = jnp.where(exponent == 0, fraction, fraction | np.uint32(1 << 23))
-    shift = jnp.where(exponent == 0, 149, 150 - exponent)
-    zero = jnp.zeros((), jnp.uint32)
-    limbs = jnp.stack([mantissa & _LIMB_MASK, mantissa >> _LIMB, zero, zero])
-    return limbs, shift
+    fdt, udt, frac_bits, bias = _FLOAT_LAYOUTS[8 if a.dtype.itemsize == 8 else 4]
+    x = a.astype(fdt)
+    x = jnp.where(jnp.isnan(x), jnp.zeros((), fdt), jnp.clip(x, 0.0, 1.0))
+    bits = lax.bitcast_convert_type(x, udt)
+    exponent = (bits >> frac_bits).astype(jnp.int32)  # the sign bit is 0 after the clip
+    fraction = bits & np.array((1 << frac_bits) - 1, udt)
+    mantissa = jnp.where(exponent == 0, fraction, fraction | np.array(1 << frac_bits, udt))
+    shift = jnp.where(exponent == 0, bias + frac_bits - 1, bias + frac_bits - exponent)
+    n_limbs = (frac_bits + 1 + _LIMB - 1) // _LIMB
+    limbs = [((mantissa >> np.array(_LIMB * i, udt)) & np.array(_LIMB_MASK, udt)).astype(jnp.uint32)
+             for i in range(n_limbs)]
+    limbs += [jnp.zeros((), jnp.uint32)] * (_M_LIMBS - n_limbs)
+    return jnp.stack(limbs), shift
 
 
 def _normalize(columns: list[Array]) -> Array:
