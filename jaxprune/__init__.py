@@ -13,6 +13,8 @@ Array([[False, False,  True,  True],
 
 from ._errors import NormOrderError as NormOrderError
 from ._errors import PruningShapeError as PruningShapeError
+from ._io import load_tree as load_tree
+from ._io import save_tree as save_tree
 from ._methods import compute_mask as compute_mask
 from ._methods import identity as identity
 from ._methods import l1_unstructured as l1_unstructured
@@ -22,6 +24,16 @@ from ._methods import random_unstructured as random_unstructured
 from ._methods import slice_norms as slice_norms
 from ._methods import structured_mask as structured_mask
 from ._methods import unstructured_mask as unstructured_mask
+from ._rules import GlobalUnstructured as GlobalUnstructured
+from ._rules import SparsityReport as SparsityReport
+from ._rules import prune_tree as prune_tree
+from ._rules import sparsity_report as sparsity_report
+from ._schedules import ConstantSchedule as ConstantSchedule
+from ._schedules import PolynomialSchedule as PolynomialSchedule
+from ._schedules import Schedule as Schedule
+from ._schedules import constant_schedule as constant_schedule
+from ._schedules import one_shot_schedule as one_shot_schedule
+from ._schedules import polynomial_schedule as polynomial_schedule
 from ._specs import CustomFromMask as CustomFromMask
 from ._specs import Identity as Identity
 from ._specs import L1Unstructured as L1Unstructured
@@ -31,6 +43,8 @@ from ._specs import RandomStructured as RandomStructured
 from ._specs import RandomUnstructured as RandomUnstructured
 from ._specs import StructuredMethod as StructuredMethod
 from ._specs import UnstructuredMethod as UnstructuredMethod
+from ._training import PruningState as PruningState
+from ._training import pruning as pruning
 from ._trees import apply_masks as apply_masks
 from ._trees import global_unstructured as global_unstructured
 from ._trees import leaf_key as leaf_key
@@ -40,29 +54,43 @@ from ._trees import pruned_indices as pruned_indices
 __version__ = "0.1.0"
 
 __all__ = (
+    "ConstantSchedule",
     "CustomFromMask",
+    "GlobalUnstructured",
     "Identity",
     "L1Unstructured",
     "LnStructured",
     "NormOrderError",
+    "PolynomialSchedule",
     "PruningMethod",
     "PruningShapeError",
+    "PruningState",
     "RandomStructured",
     "RandomUnstructured",
+    "Schedule",
+    "SparsityReport",
     "StructuredMethod",
     "UnstructuredMethod",
     "apply_masks",
     "compute_mask",
+    "constant_schedule",
     "global_unstructured",
     "identity",
     "l1_unstructured",
     "leaf_key",
     "ln_structured",
+    "load_tree",
+    "one_shot_schedule",
     "path_str",
+    "polynomial_schedule",
+    "prune_tree",
     "pruned_indices",
+    "pruning",
     "random_structured",
     "random_unstructured",
+    "save_tree",
     "slice_norms",
+    "sparsity_report",
     "structured_mask",
     "unstructured_mask",
 )

@@ -19,7 +19,7 @@ import numpy as np
 from jax import tree_util
 
 from . import _methods
-from ._amounts import check_amount, count_to_prune
+from ._amounts import CheckedAmount, check_amount, count_to_prune
 from ._errors import PruningShapeError
 from ._selection import select_lowest, sort_keys
 from ._typing import Amount, Array, ArrayLike, PRNGKey, PyTree
@@ -28,11 +28,17 @@ from ._typing import Amount, Array, ArrayLike, PRNGKey, PyTree
 def path_str(path: Sequence[object]) -> str:
     """A key path as a dotted string: ``('a', 0, 'kernel')`` -> ``"a.0.kernel"``.
 
+    A final ``.value`` attribute (the array inside a Flax NNX ``Variable``) is
+    left out, so an NNX state and the equivalent dict give the same paths.
+
     >>> import jax
     >>> [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path({"a": [1, 2]})]
     ['a.0', 'a.1']
     """
     parts = []
+    path = list(path)
+    if path and isinstance(path[-1], tree_util.GetAttrKey) and path[-1].name == "value":
+        path = path[:-1]
     for entry in path:
         if isinstance(entry, tree_util.DictKey):
             parts.append(str(entry.key))
@@ -124,22 +130,44 @@ def global_unstructured(
     named = _leaves_with_paths(tree)
     if not named:
         raise ValueError("global_unstructured needs at least one array in the tree, got an empty tree")
-    leaves = [_methods.as_tensor(leaf, f"leaf {path!r}") for path, leaf in named]
     paths = [path for path, _ in named]
+    out = global_masks(
+        paths,
+        [leaf for _, leaf in named],
+        checked,
+        method=method,
+        key=key,
+        importance_scores=_align(tree, importance_scores, "importance_scores"),
+        default_masks=_align(tree, default_masks, "default_masks"),
+    )
+    return jax.tree.unflatten(jax.tree.structure(tree), out)
 
-    masks: list[Array | None] = []
-    for path, leaf, mask in zip(paths, leaves, _align(tree, default_masks, "default_masks")):
-        masks.append(None if mask is None else _methods.as_mask(mask, leaf.shape, f"default_masks[{path!r}]"))
 
+def global_masks(
+    paths: Sequence[str],
+    leaves: Sequence[ArrayLike],
+    amount: CheckedAmount,
+    *,
+    method: str,
+    key: PRNGKey | None,
+    importance_scores: Sequence[ArrayLike | None],
+    default_masks: Sequence[ArrayLike | None],
+) -> list[Array]:
+    """Global pruning over explicit lists (the leaves in ranking order, with their paths)."""
+    leaves = [_methods.as_tensor(leaf, f"leaf {path!r}") for path, leaf in zip(paths, leaves)]
+    masks = [
+        None if m is None else _methods.as_mask(m, leaf.shape, f"default_masks[{path!r}]")
+        for path, leaf, m in zip(paths, leaves, default_masks)
+    ]
     if method == "random":
-        if importance_scores is not None:
+        if any(s is not None for s in importance_scores):
             raise ValueError("importance_scores only apply to method='l1'")
         key = _methods.check_key(key)
         keys = tuple(leaf_key(key, path) for path in paths)
         scores = None
     else:
         scores = []
-        for path, leaf, s in zip(paths, leaves, _align(tree, importance_scores, "importance_scores")):
+        for path, leaf, s in zip(paths, leaves, importance_scores):
             if s is None:
                 scores.append(leaf)
                 continue
@@ -154,10 +182,9 @@ def global_unstructured(
     units = 0
     for leaf, mask in zip(leaves, masks):
         units = units + _methods.count_units(mask, leaf.size)
-    k = _methods._as_k(count_to_prune(checked, units))
+    k = _methods._as_k(count_to_prune(amount, units))
     shapes = tuple(leaf.shape for leaf in leaves)
-    out = _global_keep(scores, keys, masks, k, shapes)
-    return jax.tree.unflatten(jax.tree.structure(tree), out)
+    return _global_keep(scores, keys, masks, k, shapes)
 
 
 @functools.partial(jax.jit, static_argnames=("shapes",))
