@@ -2,12 +2,22 @@
 
 Everything here touches torch (imported lazily, so ``import jaxprune.interop``
 itself does not need it); the core package never imports this one.
-Available now: :func:`to_jax` and :func:`to_torch` (DLPack, zero-copy where
-both sides allow it). Pruning torch modules and torch <-> Flax weight
-conversion are the next steps of the torch-bridge issue.
 """
 
+from ._modules import compute_module_masks as compute_module_masks
+from ._modules import prunable_parameters as prunable_parameters
+from ._modules import prune_module as prune_module
+from ._modules import pruned_state_dict as pruned_state_dict
+from ._modules import read_pruned as read_pruned
 from ._tensors import to_jax as to_jax
 from ._tensors import to_torch as to_torch
 
-__all__ = ("to_jax", "to_torch")
+__all__ = (
+    "compute_module_masks",
+    "prunable_parameters",
+    "prune_module",
+    "pruned_state_dict",
+    "read_pruned",
+    "to_jax",
+    "to_torch",
+)

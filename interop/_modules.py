@@ -1,0 +1,287 @@
+"""Pruning torch modules with jaxprune masks and torch's own reparametrization.
+
+``prune_module(key, module, rules)`` computes every mask first (from snapshots
+of the parameters, in JAX), and only then installs them with torch's own
+``torch.nn.utils.prune.custom_from_mask``: the module gets ``<name>_orig``, the
+``<name>_mask`` buffer and the forward pre-hook, so ``prune.is_pruned``,
+``prune.remove``, ``state_dict()``, ``deepcopy`` and training behave exactly as
+after torch's own ``prune.*`` calls; a second call builds torch's
+``PruningContainer``. All or nothing: if any rule fails, the module is left
+exactly as it was.
+
+The scores are those torch would use: the current (pruned) tensor
+``module.<name>`` (= ``orig * mask``), or ``importance_scores``. Deterministic
+methods therefore give torch's masks (L1, Ln; up to ties, which jaxprune
+defines). Random methods draw from ``leaf_key(key, name)`` with the dotted
+parameter name, so the same key and rules give the same masks, and adding or
+removing a rule never changes another parameter's mask.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import jax
+import numpy as np
+
+import jaxprune as jp
+from jaxprune._amounts import check_amount
+from jaxprune._rules import GlobalUnstructured
+from jaxprune._trees import global_masks, leaf_key
+
+from ._tensors import _torch, to_jax, to_torch
+
+if TYPE_CHECKING:
+    import torch
+
+Rules = Mapping[str, Any] | Callable[[str, "torch.Tensor"], Any]
+
+
+def _pruned_names(sub: torch.nn.Module) -> set[str]:
+    prune = _torch().nn.utils.prune
+    names = set()
+    for hook in sub._forward_pre_hooks.values():
+        if isinstance(hook, prune.BasePruningMethod):
+            names.add(hook._tensor_name)
+    return names
+
+
+def prunable_parameters(module: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, str]]:
+    """Dotted parameter names (as before any pruning: ``"fc.weight"``, never
+    ``"fc.weight_orig"``) -> (owning submodule, attribute name)."""
+    found: dict[str, tuple[Any, str]] = {}
+    for prefix, sub in module.named_modules():
+        pruned = _pruned_names(sub)
+        for pname in list(sub._parameters):
+            if sub._parameters[pname] is None:
+                continue
+            name = pname[: -len("_orig")] if pname.endswith("_orig") and pname[: -len("_orig")] in pruned else pname
+            found[f"{prefix}.{name}" if prefix else name] = (sub, name)
+    return found
+
+
+def _current(sub: torch.nn.Module, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the tensor torch would rank now, the current mask or None)."""
+    if name in _pruned_names(sub):
+        return getattr(sub, name), getattr(sub, name + "_mask")
+    return sub._parameters[name], None
+
+
+def _resolve(module: torch.nn.Module, rules: Rules) -> list[tuple[str, Any]]:
+    params = prunable_parameters(module)
+    chosen: list[tuple[str, Any, str | None]] = []
+    if isinstance(rules, Mapping):
+        used = set()
+        for name, (sub, attr) in params.items():
+            for pattern, spec in rules.items():
+                if not isinstance(pattern, str):
+                    raise TypeError(f"rule patterns must be strings, got {pattern!r}")
+                if fnmatch.fnmatchcase(name, pattern):
+                    used.add(pattern)
+                    if spec is not None:
+                        chosen.append((name, spec, pattern))
+                    break
+        unused = [p for p in rules if p not in used]
+        if unused:
+            raise ValueError(f"rule pattern {unused[0]!r} matches no parameter of the module; "
+                             f"its parameters are: {', '.join(params) or '(none)'}")
+    elif callable(rules):
+        for name, (sub, attr) in params.items():
+            spec = rules(name, _current(sub, attr)[0])
+            if spec is not None:
+                chosen.append((name, spec, None))
+    else:
+        raise TypeError(f"rules must be a dict of pattern -> spec or a callable (name, tensor) -> spec, got {rules!r}")
+    out = []
+    for name, spec, pattern in chosen:
+        where = f"rule {pattern!r} for {name!r}" if pattern else f"rule for {name!r}"
+        if not isinstance(spec, (jp.PruningMethod, GlobalUnstructured)):
+            raise TypeError(f"{where}: expected a jaxprune method spec (e.g. jp.L1Unstructured(0.3)), got {spec!r}")
+        tensor = _current(*params[name])[0]
+        if not tensor.dtype.is_floating_point:
+            raise TypeError(f"{where}: only floating parameters can be pruned, got {tensor.dtype}")
+        out.append((name, spec))
+    return out
+
+
+def compute_module_masks(
+    key: jax.Array | None,
+    module: torch.nn.Module,
+    rules: Rules,
+    *,
+    importance_scores: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, jax.Array]:
+    """The masks ``prune_module`` would install, as ``{name: bool jax array}``; the module is not touched."""
+    params = prunable_parameters(module)
+    chosen = _resolve(module, rules)
+    importance_scores = dict(importance_scores or {})
+    unknown = set(importance_scores) - {name for name, _ in chosen}
+    if unknown:
+        raise ValueError(f"importance_scores for parameters no rule prunes: {sorted(unknown)}")
+    masks: dict[str, jax.Array] = {}
+    groups: dict[GlobalUnstructured, list[str]] = {}
+    inputs: dict[str, tuple[jax.Array, jax.Array | None]] = {}
+    for name, spec in chosen:
+        sub, attr = params[name]
+        tensor, mask = _current(sub, attr)
+        scores = importance_scores.get(name, tensor)
+        if tuple(scores.shape) != tuple(tensor.shape):
+            raise jp.PruningShapeError(f"importance_scores[{name!r}] has shape {tuple(scores.shape)}, "
+                                       f"expected {tuple(tensor.shape)}")
+        # Snapshots: later changes to the module never reach these arrays.
+        inputs[name] = (to_jax(scores, copy=True), None if mask is None else to_jax(mask == 1, copy=True))
+        if isinstance(spec, GlobalUnstructured):
+            groups.setdefault(spec, []).append(name)
+            continue
+        rng = None if key is None else leaf_key(jp._methods.check_key(key), name)
+        masks[name] = spec.compute_mask(rng, *inputs[name])
+    for spec, names in groups.items():
+        out = global_masks(names, [inputs[n][0] for n in names], check_amount(spec.amount), method=spec.method,
+                           key=key, importance_scores=[None] * len(names),
+                           default_masks=[inputs[n][1] for n in names])
+        masks.update(zip(names, out))
+    return jax.block_until_ready(masks)
+
+
+def prune_module(
+    key: jax.Array | None,
+    module: torch.nn.Module,
+    rules: Rules,
+    *,
+    importance_scores: Mapping[str, torch.Tensor] | None = None,
+) -> torch.nn.Module:
+    """Prune a torch module's parameters with jaxprune specs, installing torch's
+    reparametrization (see the module doc). Returns the module.
+
+    Args:
+      key: PRNG key for random specs (None is fine when none is random).
+      module: the torch module.
+      rules: ``{glob pattern over dotted names: spec}`` (first match wins; a
+        pattern matching nothing raises), or ``(name, tensor) -> spec | None``.
+        ``jp.GlobalUnstructured(amount)`` ranks all its parameters together.
+      importance_scores: ``{name: tensor}`` to rank instead of the parameter.
+
+    >>> import jax, torch, jaxprune as jp
+    >>> from jaxprune import interop
+    >>> net = torch.nn.Linear(4, 2)
+    >>> _ = interop.prune_module(jax.random.key(0), net, {"weight": jp.L1Unstructured(0.5)})
+    >>> torch.nn.utils.prune.is_pruned(net), int((net.weight == 0).sum())
+    (True, 4)
+    """
+    masks = compute_module_masks(key, module, rules, importance_scores=importance_scores)
+    params = prunable_parameters(module)
+    installed: list[tuple[Any, str, dict[str, Any]]] = []
+    prune = _torch().nn.utils.prune
+    try:
+        for name, mask in masks.items():
+            sub, attr = params[name]
+            before = _save_state(sub, attr)
+            dtype = _current(sub, attr)[0].dtype
+            prune.custom_from_mask(sub, attr, mask=to_torch(mask, copy=True).to(dtype))
+            installed.append((sub, attr, before))
+    except BaseException:
+        for sub, attr, before in reversed(installed):
+            _restore_state(sub, attr, before)
+        raise
+    return module
+
+
+def _save_state(sub: torch.nn.Module, name: str) -> dict[str, Any]:
+    prune = _torch().nn.utils.prune
+    hooks = {k: h for k, h in sub._forward_pre_hooks.items()
+             if isinstance(h, prune.BasePruningMethod) and h._tensor_name == name}
+    return {
+        "hooks": hooks,
+        "param": sub._parameters.get(name),
+        "orig": sub._parameters.get(name + "_orig"),
+        "mask": sub._buffers.get(name + "_mask"),
+        "plain": sub.__dict__.get(name),
+    }
+
+
+def _restore_state(sub: torch.nn.Module, name: str, state: dict[str, Any]) -> None:
+    prune = _torch().nn.utils.prune
+    for k, h in list(sub._forward_pre_hooks.items()):
+        if isinstance(h, prune.BasePruningMethod) and h._tensor_name == name:
+            del sub._forward_pre_hooks[k]
+    sub._forward_pre_hooks.update(state["hooks"])
+    for key, value in ((name + "_orig", state["orig"]),):
+        sub._parameters.pop(key, None)
+        if value is not None:
+            sub._parameters[key] = value
+    sub._buffers.pop(name + "_mask", None)
+    if state["mask"] is not None:
+        sub._buffers[name + "_mask"] = state["mask"]
+    sub.__dict__.pop(name, None)
+    if state["param"] is not None:
+        sub._parameters[name] = state["param"]
+    elif state["plain"] is not None:
+        sub.__dict__[name] = state["plain"]
+
+
+# --------------------------------------------------------------------------
+# Reading masks back, and writing torch-style state dicts
+# --------------------------------------------------------------------------
+
+
+def read_pruned(source: torch.nn.Module | Mapping[str, torch.Tensor]) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """Dense weights and masks of a pruned module or of a state_dict with
+    ``*_orig``/``*_mask`` pairs: ``({name: weight}, {name: bool mask})``.
+
+    Weights are the dense ``*_orig`` values for pruned tensors (every other
+    parameter and buffer as is); masks are present for pruned tensors only.
+
+    >>> import torch, jax, jaxprune as jp
+    >>> from jaxprune import interop
+    >>> net = torch.nn.Linear(3, 1)
+    >>> _ = torch.nn.utils.prune.l1_unstructured(net, "weight", 1)
+    >>> weights, masks = interop.read_pruned(net.state_dict())
+    >>> sorted(weights), sorted(masks), int((~masks["weight"]).sum())
+    (['bias', 'weight'], ['weight'], 1)
+    """
+    torch = _torch()
+    state = source.state_dict() if isinstance(source, torch.nn.Module) else dict(source)
+    weights: dict[str, jax.Array] = {}
+    masks: dict[str, jax.Array] = {}
+    for key, value in state.items():
+        if key.endswith("_orig") and key[: -len("_orig")] + "_mask" in state:
+            name = key[: -len("_orig")]
+            weights[name] = to_jax(value, copy=True)
+            masks[name] = to_jax(state[name + "_mask"] == 1, copy=True)
+        elif key.endswith("_mask") and key[: -len("_mask")] + "_orig" in state:
+            continue
+        elif isinstance(value, torch.Tensor):
+            weights[key] = to_jax(value, copy=True)
+    return weights, masks
+
+
+def pruned_state_dict(
+    weights: Mapping[str, Any], masks: Mapping[str, Any]
+) -> dict[str, torch.Tensor]:
+    """A torch state_dict with ``<name>_orig``/``<name>_mask`` pairs for every
+    masked tensor: it loads into a module pruned with torch's API.
+
+    >>> import jax.numpy as jnp
+    >>> from jaxprune import interop
+    >>> sd = interop.pruned_state_dict({"weight": jnp.ones((1, 2)), "bias": jnp.zeros(1)},
+    ...                                {"weight": jnp.array([[True, False]])})
+    >>> sorted(sd), sd["weight_mask"]
+    (['bias', 'weight_mask', 'weight_orig'], tensor([[1., 0.]]))
+    """
+    unknown = set(masks) - set(weights)
+    if unknown:
+        raise ValueError(f"masks for tensors that have no weights: {sorted(unknown)}")
+    out = {}
+    for name, weight in weights.items():
+        tensor = to_torch(np.asarray(weight), copy=True)
+        if name in masks and masks[name] is not None:
+            mask = np.asarray(masks[name])
+            if mask.shape != tuple(tensor.shape):
+                raise jp.PruningShapeError(f"mask for {name!r} has shape {mask.shape}, weight {tuple(tensor.shape)}")
+            out[name + "_orig"] = tensor
+            out[name + "_mask"] = to_torch(mask != 0, copy=True).to(tensor.dtype)
+        else:
+            out[name] = tensor
+    return out
