@@ -4,6 +4,15 @@ Everything here touches torch (imported lazily, so ``import jaxprune.interop``
 itself does not need it); the core package never imports this one.
 """
 
+from ._layouts import Placement as Placement
+from ._layouts import TorchLayout as TorchLayout
+from ._layouts import flax_dim as flax_dim
+from ._layouts import flax_rules as flax_rules
+from ._layouts import flax_to_torch as flax_to_torch
+from ._layouts import masks_to_flax as masks_to_flax
+from ._layouts import masks_to_torch as masks_to_torch
+from ._layouts import placements as placements
+from ._layouts import torch_to_flax as torch_to_flax
 from ._modules import compute_module_masks as compute_module_masks
 from ._modules import prunable_parameters as prunable_parameters
 from ._modules import prune_module as prune_module
@@ -13,11 +22,20 @@ from ._tensors import to_jax as to_jax
 from ._tensors import to_torch as to_torch
 
 __all__ = (
+    "Placement",
+    "TorchLayout",
     "compute_module_masks",
+    "flax_dim",
+    "flax_rules",
+    "flax_to_torch",
+    "masks_to_flax",
+    "masks_to_torch",
+    "placements",
     "prunable_parameters",
     "prune_module",
     "pruned_state_dict",
     "read_pruned",
     "to_jax",
     "to_torch",
+    "torch_to_flax",
 )

@@ -42,6 +42,7 @@ _WIDE_DTYPES = {"float64": jnp.float32, "int64": jnp.int32}
 def _torch():
     try:
         import torch
+        import torch.nn.utils.prune  # noqa: F401 - a submodule torch does not import by itself
     except ImportError as err:  # pragma: no cover - exercised only without torch
         raise ImportError("jaxprune.interop needs torch: pip install 'jaxprune[torch]'") from err
     return torch

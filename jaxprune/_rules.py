@@ -118,6 +118,12 @@ def resolve_rules(
     return chosen
 
 
+def _key_path(a: Assignment) -> str:
+    """The name a leaf's random stream is derived from: its path, unless the
+    spec names another (``key_path``; the torch bridge uses the torch name)."""
+    return getattr(a.value, "key_path", None) or a.path
+
+
 def _is_rule_value(value: Any) -> bool:
     return isinstance(value, (PruningMethod, GlobalUnstructured))
 
@@ -170,7 +176,7 @@ def prune_tree(
             groups.setdefault(a.value, []).append(a)
             continue
         target = leaves[a.index] if scores[a.index] is None else scores[a.index]
-        leaf_rng = None if key is None else leaf_key(_methods.check_key(key), a.path)
+        leaf_rng = None if key is None else leaf_key(_methods.check_key(key), _key_path(a))
         masks[a.index] = a.value.compute_mask(leaf_rng, target, dms[a.index])
     for rule, members in groups.items():
         out = global_masks(

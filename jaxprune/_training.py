@@ -30,7 +30,7 @@ from jax import lax
 
 from . import _methods
 from ._amounts import CheckedAmount, count_to_prune
-from ._rules import Assignment, GlobalUnstructured, Rules, resolve_rules
+from ._rules import Assignment, GlobalUnstructured, Rules, _key_path, resolve_rules
 from ._schedules import Schedule
 from ._specs import CustomFromMask, Identity, PruningMethod, RandomStructured, RandomUnstructured
 from ._trees import apply_masks, global_masks, leaf_key
@@ -186,7 +186,7 @@ def _scheduled_masks(
         mask = mask_leaves[a.index]
         units, already = _pruned_units(mask, probe)
         method = _make_method(a.value, _new_count(target, units, already))
-        leaf_rng = None if key is None else leaf_key(key, a.path)
+        leaf_rng = None if key is None else leaf_key(key, _key_path(a))
         new[a.index] = method.compute_mask(leaf_rng, leaves[a.index], mask)
     for value, members in groups.items():
         old = [mask_leaves[a.index] for a in members]

@@ -1,0 +1,297 @@
+"""torch <-> Flax weights, with layouts (and pruning dims) mapped.
+
+=====================  ===========================  ==============================
+torch layer            torch tensor                 Flax leaf (collection.name)
+=====================  ===========================  ==============================
+Conv1d/2d/3d           weight (O, I, *k)            params.kernel (*k, I, O)
+                       bias (O,)                    params.bias
+Linear                 weight (out, in)             params.kernel (in, out)
+                       bias                         params.bias
+BatchNorm1d/2d/3d      weight, bias                 params.scale, params.bias
+                       running_mean, running_var    batch_stats.mean, batch_stats.var
+LayerNorm              weight, bias                 params.scale, params.bias
+Embedding              weight (num, dim)            params.embedding (num, dim)
+=====================  ===========================  ==============================
+
+A module path ``features.0`` becomes the nested keys ``features -> 0`` unless
+``names`` renames it (``{"features.0": "conv1"}``). The result is Linen's
+variables dict (``{"params": ..., "batch_stats": ...}``); for NNX, update the
+model with each collection (``nnx.update(model, variables["params"])``).
+
+Masks travel with their weights (same permutation), and :func:`flax_rules`
+turns pruning rules written for the torch model into rules for the converted
+tree that compute in torch's layout and draw from the torch parameter's key,
+so pruning either side with the same key gives the same masks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxprune as jp
+from jaxprune._rules import GlobalUnstructured
+
+from ._modules import Rules, _resolve, prunable_parameters
+from ._tensors import _torch, to_jax, to_torch
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where a torch tensor lives in the Flax tree, and how its axes map."""
+
+    collection: str  # "params" or "batch_stats"
+    path: tuple[str, ...]  # nested keys inside the collection
+    perm: tuple[int, ...]  # flax = torch.permute(perm)
+
+    def to_flax(self, x: Any) -> Any:
+        return jnp.transpose(x, self.perm) if self.perm else x
+
+    def to_torch_layout(self, x: Any) -> Any:
+        return jnp.transpose(x, np.argsort(self.perm)) if self.perm else x
+
+    def flax_axis(self, torch_dim: int, ndim: int) -> int:
+        """The Flax axis holding torch's ``dim`` (e.g. Conv2d dim=0, the filters -> axis 3)."""
+        dim = torch_dim % ndim
+        return self.perm.index(dim) if self.perm else dim
+
+
+def _layer_table() -> list[tuple[tuple[type, ...], Callable[[Any, str, int], tuple[str, str, tuple[int, ...]] | None]]]:
+    nn = _torch().nn
+
+    def conv(layer: Any, name: str, ndim: int):
+        if name == "weight":
+            return "params", "kernel", tuple(range(2, ndim)) + (1, 0)
+        return {"bias": ("params", "bias", ())}.get(name)
+
+    def linear(layer: Any, name: str, ndim: int):
+        return {"weight": ("params", "kernel", (1, 0)), "bias": ("params", "bias", ())}.get(name)
+
+    def norm(layer: Any, name: str, ndim: int):
+        return {"weight": ("params", "scale", ()), "bias": ("params", "bias", ()),
+                "running_mean": ("batch_stats", "mean", ()), "running_var": ("batch_stats", "var", ())}.get(name)
+
+    def embedding(layer: Any, name: str, ndim: int):
+        return {"weight": ("params", "embedding", ())}.get(name)
+
+    return [
+        ((nn.Conv1d, nn.Conv2d, nn.Conv3d), conv),
+        ((nn.Linear,), linear),
+        ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm), norm),
+        ((nn.Embedding,), embedding),
+    ]
+
+
+def _tensors_of(layer: Any) -> dict[str, Any]:
+    """A layer's own tensors by torch name (pruned ones by their logical name)."""
+    pruned = {name for name in prunable_parameters(layer) if "." not in name}
+    out: dict[str, Any] = {}
+    for name in pruned:
+        out[name] = getattr(layer, name + "_orig") if hasattr(layer, name + "_orig") else layer._parameters[name]
+    for name, buf in layer._buffers.items():
+        if buf is not None and not name.endswith("_mask") and name != "num_batches_tracked":
+            out[name] = buf
+    return out
+
+
+def placements(module: torch.nn.Module, names: Mapping[str, str] | None = None) -> dict[str, Placement]:
+    """``{torch tensor name: Placement}`` for every tensor ``torch_to_flax`` converts.
+
+    Raises ``ValueError`` naming the first layer with tensors of a type it cannot map.
+    """
+    table = _layer_table()
+    names = dict(names or {})
+    out: dict[str, Placement] = {}
+    for prefix, layer in module.named_modules():
+        tensors = _tensors_of(layer)
+        if not tensors:
+            continue
+        mapper = next((m for types, m in table if isinstance(layer, types)), None)
+        if mapper is None:
+            raise ValueError(f"torch_to_flax: layer {prefix or '(root)'!r} of type {type(layer).__name__} has "
+                             f"tensors {sorted(tensors)} and no known Flax layout (supported: Conv1d/2d/3d, "
+                             "Linear, BatchNorm1d/2d/3d, LayerNorm, Embedding)")
+        flax_prefix = names.get(prefix, prefix)
+        for name, tensor in tensors.items():
+            placed = mapper(layer, name, tensor.ndim)
+            if placed is None:
+                raise ValueError(f"torch_to_flax: tensor {name!r} of layer {prefix!r} ({type(layer).__name__}) "
+                                 "has no Flax counterpart")
+            collection, flax_name, perm = placed
+            path = tuple(p for p in flax_prefix.split(".") if p) + (flax_name,)
+            out[f"{prefix}.{name}" if prefix else name] = Placement(collection, path, perm)
+    return out
+
+
+def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _get(tree: Mapping, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(tree, Mapping) or key not in tree:
+            raise KeyError(".".join(path))
+        tree = tree[key]
+    return tree
+
+
+def torch_to_flax(module: torch.nn.Module, *, names: Mapping[str, str] | None = None) -> dict[str, dict]:
+    """A torch module's weights as Flax variables ``{"params": ..., "batch_stats": ...}``.
+
+    Pruned tensors convert their dense ``*_orig`` values (use
+    :func:`masks_to_flax` for their masks, or ``jp.apply_masks``).
+
+    >>> import torch
+    >>> from jaxprune import interop
+    >>> variables = interop.torch_to_flax(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Linear(8, 2)),
+    ...                                   names={"0": "conv", "1": "fc"})
+    >>> variables["params"]["conv"]["kernel"].shape, variables["params"]["fc"]["kernel"].shape
+    ((3, 3, 3, 8), (8, 2))
+    """
+    tensors = dict(_named_tensors(module))
+    out: dict[str, dict] = {}
+    for name, place in placements(module, names).items():
+        _set(out.setdefault(place.collection, {}), place.path, place.to_flax(to_jax(tensors[name], copy=True)))
+    return out
+
+
+def _named_tensors(module: torch.nn.Module) -> list[tuple[str, Any]]:
+    items = []
+    for prefix, layer in module.named_modules():
+        for name, tensor in _tensors_of(layer).items():
+            items.append((f"{prefix}.{name}" if prefix else name, tensor))
+    return items
+
+
+def flax_to_torch(variables: Mapping[str, Mapping], module: torch.nn.Module, *,
+                  names: Mapping[str, str] | None = None) -> torch.nn.Module:
+    """Load Flax variables (as :func:`torch_to_flax` returns them) into ``module``.
+
+    Every tensor is checked first (a missing leaf or a shape mismatch raises
+    ``ValueError`` naming it, and nothing is written); then all are copied in.
+    For a pruned tensor, the dense value goes to ``<name>_orig``.
+    """
+    torch = _torch()
+    tensors = dict(_named_tensors(module))
+    staged = []
+    for name, place in placements(module, names).items():
+        try:
+            value = _get(variables[place.collection], place.path)
+        except KeyError:
+            raise ValueError(f"flax_to_torch: no {place.collection}.{'.'.join(place.path)} for torch tensor "
+                             f"{name!r}") from None
+        value = place.to_torch_layout(jnp.asarray(value))
+        target = tensors[name]
+        if tuple(value.shape) != tuple(target.shape):
+            raise ValueError(f"flax_to_torch: {place.collection}.{'.'.join(place.path)} has shape "
+                             f"{tuple(jnp.shape(_get(variables[place.collection], place.path)))}, which maps to "
+                             f"{tuple(value.shape)}; torch tensor {name!r} is {tuple(target.shape)}")
+        staged.append((target, to_torch(np.asarray(value), copy=True)))
+    with torch.no_grad():
+        for target, value in staged:
+            target.copy_(value.to(target.dtype))
+    return module
+
+
+def masks_to_flax(masks: Mapping[str, Any], module: torch.nn.Module, *,
+                  names: Mapping[str, str] | None = None) -> dict:
+    """Torch-named masks (``{"conv.weight": mask}``, torch layout) as a Flax
+    ``params``-shaped tree of bool masks in the Flax layout."""
+    place = placements(module, names)
+    out: dict = {}
+    for name, mask in masks.items():
+        if name not in place:
+            raise ValueError(f"masks_to_flax: {name!r} is not a tensor torch_to_flax converts")
+        _set(out, place[name].path, place[name].to_flax(jnp.asarray(mask) != 0))
+    return out
+
+
+def masks_to_torch(flax_masks: Mapping, module: torch.nn.Module, *,
+                   names: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A Flax mask tree (params layout; None = not pruned) as torch-named masks in torch's layout."""
+    out = {}
+    for name, place in placements(module, names).items():
+        if place.collection != "params":
+            continue
+        try:
+            mask = _get(flax_masks, place.path)
+        except KeyError:
+            continue
+        if mask is not None:
+            out[name] = to_torch(np.asarray(place.to_torch_layout(jnp.asarray(mask))), copy=True)
+    return out
+
+
+def flax_dim(module: torch.nn.Module, name: str, dim: int, *, names: Mapping[str, str] | None = None) -> int:
+    """The Flax axis of torch tensor ``name``'s ``dim``: Conv2d ``weight`` dim=0
+    (filters) is axis 3 (``-1``) of the Flax kernel, Linear dim=0 is axis 1.
+
+    >>> import torch
+    >>> from jaxprune import interop
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3))
+    >>> interop.flax_dim(net, "0.weight", 0), interop.flax_dim(net, "0.weight", 1)
+    (3, 2)
+    """
+    place = placements(module, names)
+    if name not in place:
+        raise ValueError(f"flax_dim: {name!r} is not a tensor of the module")
+    ndim = len(place[name].perm) or dict(_named_tensors(module))[name].ndim
+    return place[name].flax_axis(dim, ndim)
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchLayout(jp.PruningMethod):
+    """Prune a Flax leaf exactly as its torch parameter: move it to torch's
+    layout, apply ``method`` there (drawing from ``key_path``'s key, the torch
+    name), move the mask back. Made by :func:`flax_rules`."""
+
+    method: Any
+    perm: tuple[int, ...]
+    key_path: str
+
+    @property
+    def PRUNING_TYPE(self) -> str:  # noqa: N802 - torch's attribute name
+        return self.method.PRUNING_TYPE
+
+    @property
+    def amount(self) -> Any:
+        return self.method.amount
+
+    def compute_mask(self, key: jax.Array | None, t: Any, default_mask: Any = None) -> jax.Array:
+        place = Placement("params", (), self.perm)
+        t_torch = place.to_torch_layout(jnp.asarray(t))
+        dm = None if default_mask is None else place.to_torch_layout(jnp.asarray(default_mask))
+        return place.to_flax(self.method.compute_mask(key, t_torch, dm))
+
+
+def flax_rules(rules: Rules, module: torch.nn.Module, *, names: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Rules for ``torch_to_flax(module)["params"]`` equivalent to ``rules`` for
+    ``prune_module(key, module, rules)``: ``jp.prune_tree(key, params, flax_rules(...))``
+    then gives the same masks (in Flax layout) for every method, random ones
+    included. ``jp.GlobalUnstructured("l1")`` rules carry over as they are
+    (same masks unless magnitudes tie across tensors); a random global rule
+    cannot (its draws follow the tree order) and raises ``ValueError``.
+    """
+    place = placements(module, names)
+    out: dict[str, Any] = {}
+    for name, spec in _resolve(module, rules):
+        if name not in place:
+            raise ValueError(f"flax_rules: {name!r} has no Flax counterpart")
+        flax_path = ".".join(place[name].path)
+        if isinstance(spec, GlobalUnstructured):
+            if spec.method != "l1":
+                raise ValueError("flax_rules: a random GlobalUnstructured rule cannot be reproduced across layouts")
+            out[flax_path] = spec
+        else:
+            out[flax_path] = TorchLayout(spec, place[name].perm, name)
+    return out
