@@ -92,9 +92,9 @@ def _layer_table() -> list[tuple[tuple[type, ...], Callable[[Any, str, int], tup
 
 def _tensors_of(layer: Any) -> dict[str, Any]:
     """A layer's own tensors by torch name (pruned ones by their logical name)."""
-    pruned = {name for name in prunable_parameters(layer) if "." not in name}
+    own = [name for name in prunable_parameters(layer) if "." not in name]  # module order
     out: dict[str, Any] = {}
-    for name in pruned:
+    for name in own:
         out[name] = getattr(layer, name + "_orig") if hasattr(layer, name + "_orig") else layer._parameters[name]
     for name, buf in layer._buffers.items():
         if buf is not None and not name.endswith("_mask") and name != "num_batches_tracked":
@@ -205,15 +205,25 @@ def flax_to_torch(variables: Mapping[str, Mapping], module: torch.nn.Module, *,
 
 def masks_to_flax(masks: Mapping[str, Any], module: torch.nn.Module, *,
                   names: Mapping[str, str] | None = None) -> dict:
-    """Torch-named masks (``{"conv.weight": mask}``, torch layout) as a Flax
-    ``params``-shaped tree of bool masks in the Flax layout."""
+    """Torch-named masks (``{"conv.weight": mask}``, torch layout) as a mask
+    tree shaped like ``torch_to_flax(module)["params"]``: bool masks in the Flax
+    layout, None for the parameters without a mask (``jp.apply_masks`` and
+    ``default_masks=`` take it as it is)."""
     place = placements(module, names)
+    for name in masks:
+        if name not in place or place[name].collection != "params":
+            raise ValueError(f"masks_to_flax: {name!r} is not a parameter torch_to_flax converts")
     out: dict = {}
-    for name, mask in masks.items():
-        if name not in place:
-            raise ValueError(f"masks_to_flax: {name!r} is not a tensor torch_to_flax converts")
-        _set(out, place[name].path, place[name].to_flax(jnp.asarray(mask) != 0))
+    for name, where in place.items():
+        if where.collection == "params":
+            mask = masks.get(name)
+            _set(out, where.path, None if mask is None else where.to_flax(_as_bool(mask)))
     return out
+
+
+def _as_bool(mask: Any) -> jax.Array:
+    arr = jnp.asarray(np.asarray(mask)) if not isinstance(mask, jax.Array) else mask
+    return arr if arr.dtype == jnp.bool_ else arr != 0
 
 
 def masks_to_torch(flax_masks: Mapping, module: torch.nn.Module, *,
@@ -245,7 +255,11 @@ def flax_dim(module: torch.nn.Module, name: str, dim: int, *, names: Mapping[str
     place = placements(module, names)
     if name not in place:
         raise ValueError(f"flax_dim: {name!r} is not a tensor of the module")
-    ndim = len(place[name].perm) or dict(_named_tensors(module))[name].ndim
+    ndim = dict(_named_tensors(module))[name].ndim
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"flax_dim: dim must be an int, got {dim!r}")
+    if not -ndim <= dim < ndim:
+        raise IndexError(f"flax_dim: dim {dim} is out of range for {name!r} with {ndim} dims")
     return place[name].flax_axis(dim, ndim)
 
 

@@ -19,7 +19,6 @@ removing a rule never changes another parameter's mask.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +27,7 @@ import numpy as np
 
 import jaxprune as jp
 from jaxprune._amounts import check_amount
-from jaxprune._rules import GlobalUnstructured
+from jaxprune._rules import GlobalUnstructured, match_patterns
 from jaxprune._trees import global_masks, leaf_key
 
 from ._tensors import _torch, to_jax, to_torch
@@ -73,20 +72,10 @@ def _resolve(module: torch.nn.Module, rules: Rules) -> list[tuple[str, Any]]:
     params = prunable_parameters(module)
     chosen: list[tuple[str, Any, str | None]] = []
     if isinstance(rules, Mapping):
-        used = set()
-        for name, (sub, attr) in params.items():
-            for pattern, spec in rules.items():
-                if not isinstance(pattern, str):
-                    raise TypeError(f"rule patterns must be strings, got {pattern!r}")
-                if fnmatch.fnmatchcase(name, pattern):
-                    used.add(pattern)
-                    if spec is not None:
-                        chosen.append((name, spec, pattern))
-                    break
-        unused = [p for p in rules if p not in used]
-        if unused:
-            raise ValueError(f"rule pattern {unused[0]!r} matches no parameter of the module; "
-                             f"its parameters are: {', '.join(params) or '(none)'}")
+        names = list(params)
+        for index, pattern, spec in match_patterns(names, rules):
+            if spec is not None:
+                chosen.append((names[index], spec, pattern))
     elif callable(rules):
         for name, (sub, attr) in params.items():
             spec = rules(name, _current(sub, attr)[0])

@@ -83,21 +83,9 @@ def resolve_rules(
             if value is not None:
                 chosen.append(Assignment(index, path, value, None))
     elif isinstance(rules, Mapping):
-        for pattern in rules:
-            if not isinstance(pattern, str):
-                raise TypeError(f"rule patterns must be strings, got {pattern!r}")
-        used = set()
-        for index, (path, leaf) in enumerate(named):
-            for pattern, value in rules.items():
-                if fnmatch.fnmatchcase(path, pattern):
-                    used.add(pattern)
-                    if value is not None:
-                        chosen.append(Assignment(index, path, value, pattern))
-                    break
-        unused = [p for p in rules if p not in used]
-        if unused:
-            shown = ", ".join(repr(path) for path, _ in named[:8]) + (", ..." if len(named) > 8 else "")
-            raise ValueError(f"rule pattern {unused[0]!r} matches no parameter; the paths are: {shown}")
+        for index, pattern, value in match_patterns([path for path, _ in named], rules):
+            if value is not None:
+                chosen.append(Assignment(index, named[index][0], value, pattern))
     else:
         raise TypeError(f"rules must be a dict of pattern -> spec or a callable (path, leaf) -> spec, got {rules!r}")
 
@@ -115,6 +103,33 @@ def resolve_rules(
                 _methods.check_dim(tuple(leaf.shape), dim)
             except (IndexError, ValueError) as err:
                 raise type(err)(f"{where}: {err}") from None
+    return chosen
+
+
+def match_patterns(names: Sequence[str], rules: Mapping[str, Any]) -> list[tuple[int, str, Any]]:
+    """``(index, pattern, value)`` for each name that a pattern matches (the
+    first matching pattern in ``rules``' order wins).
+
+    Raises ``ValueError`` for a pattern that matches no name, or whose every
+    match an earlier pattern already took (it could never apply).
+    """
+    for pattern in rules:
+        if not isinstance(pattern, str):
+            raise TypeError(f"rule patterns must be strings, got {pattern!r}")
+    chosen, won, matched = [], set(), set()
+    for index, name in enumerate(names):
+        hits = [p for p in rules if fnmatch.fnmatchcase(name, p)]
+        matched.update(hits)
+        if hits:
+            won.add(hits[0])
+            chosen.append((index, hits[0], rules[hits[0]]))
+    shown = ", ".join(repr(n) for n in names[:8]) + (", ..." if len(names) > 8 else "")
+    for pattern in rules:
+        if pattern not in matched:
+            raise ValueError(f"rule pattern {pattern!r} matches no parameter; the paths are: {shown or '(none)'}")
+        if pattern not in won:
+            raise ValueError(f"rule pattern {pattern!r} never applies: every parameter it matches is taken by "
+                             "an earlier pattern (the first matching pattern wins); reorder the rules")
     return chosen
 
 
