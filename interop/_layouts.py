@@ -298,14 +298,16 @@ def flax_rules(rules: Rules, module: torch.nn.Module, *, names: Mapping[str, str
     """
     place = placements(module, names)
     out: dict[str, Any] = {}
-    for name, spec in _resolve(module, rules):
+    for name, spec, pattern in _resolve(module, rules):
         if name not in place:
             raise ValueError(f"flax_rules: {name!r} has no Flax counterpart")
         flax_path = ".".join(place[name].path)
         if isinstance(spec, GlobalUnstructured):
             if spec.method != "l1":
                 raise ValueError("flax_rules: a random GlobalUnstructured rule cannot be reproduced across layouts")
-            out[flax_path] = spec
+            # Keep torch's grouping: the torch pattern names the group.
+            group = spec.group or (f"torch:{pattern}" if pattern else f"torch:{spec!r}")
+            out[flax_path] = dataclasses.replace(spec, group=group)
         else:
             out[flax_path] = TorchLayout(spec, place[name].perm, name)
     return out

@@ -27,7 +27,7 @@ import numpy as np
 
 import jaxprune as jp
 from jaxprune._amounts import check_amount
-from jaxprune._rules import GlobalUnstructured, match_patterns
+from jaxprune._rules import GlobalUnstructured, global_group, match_patterns
 from jaxprune._trees import global_masks, leaf_key
 
 from ._tensors import _torch, to_jax, to_torch
@@ -68,7 +68,7 @@ def _current(sub: torch.nn.Module, name: str) -> tuple[torch.Tensor, torch.Tenso
     return sub._parameters[name], None
 
 
-def _resolve(module: torch.nn.Module, rules: Rules) -> list[tuple[str, Any]]:
+def _resolve(module: torch.nn.Module, rules: Rules) -> list[tuple[str, Any, str | None]]:
     params = prunable_parameters(module)
     chosen: list[tuple[str, Any, str | None]] = []
     if isinstance(rules, Mapping):
@@ -91,7 +91,7 @@ def _resolve(module: torch.nn.Module, rules: Rules) -> list[tuple[str, Any]]:
         tensor = _current(*params[name])[0]
         if not tensor.dtype.is_floating_point:
             raise TypeError(f"{where}: only floating parameters can be pruned, got {tensor.dtype}")
-        out.append((name, spec))
+        out.append((name, spec, pattern))
     return out
 
 
@@ -106,13 +106,13 @@ def compute_module_masks(
     params = prunable_parameters(module)
     chosen = _resolve(module, rules)
     importance_scores = dict(importance_scores or {})
-    unknown = set(importance_scores) - {name for name, _ in chosen}
+    unknown = set(importance_scores) - {name for name, _, _ in chosen}
     if unknown:
         raise ValueError(f"importance_scores for parameters no rule prunes: {sorted(unknown)}")
     masks: dict[str, jax.Array] = {}
-    groups: dict[GlobalUnstructured, list[str]] = {}
+    groups: dict[tuple[str | None, GlobalUnstructured], list[str]] = {}
     inputs: dict[str, tuple[jax.Array, jax.Array | None]] = {}
-    for name, spec in chosen:
+    for name, spec, pattern in chosen:
         sub, attr = params[name]
         tensor, mask = _current(sub, attr)
         scores = importance_scores.get(name, tensor)
@@ -122,11 +122,11 @@ def compute_module_masks(
         # Snapshots: later changes to the module never reach these arrays.
         inputs[name] = (to_jax(scores, copy=True), None if mask is None else to_jax(mask == 1, copy=True))
         if isinstance(spec, GlobalUnstructured):
-            groups.setdefault(spec, []).append(name)
+            groups.setdefault(global_group(spec, pattern), []).append(name)
             continue
         rng = None if key is None else leaf_key(jp._methods.check_key(key), name)
         masks[name] = spec.compute_mask(rng, *inputs[name])
-    for spec, names in groups.items():
+    for (_, spec), names in groups.items():
         out = global_masks(names, [inputs[n][0] for n in names], check_amount(spec.amount), method=spec.method,
                            key=key, importance_scores=[None] * len(names),
                            default_masks=[inputs[n][1] for n in names])

@@ -36,7 +36,8 @@ def save_tree(path: str | os.PathLike[str], tree: PyTree) -> None:
         name = path_str(key_path) or "."
         if name in tensors:
             raise ValueError(f"two leaves share the path {name!r}; cannot name them apart in the file")
-        tensors[name] = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
+        array = np.asarray(jax.device_get(leaf))
+        tensors[name] = array if array.flags.c_contiguous else np.ascontiguousarray(array)  # keeps 0-d as 0-d
     tmp = f"{os.fspath(path)}.tmp"
     save_file(tensors, tmp)
     os.replace(tmp, path)

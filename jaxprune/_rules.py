@@ -33,6 +33,10 @@ class GlobalUnstructured:
     """Rule value: rank every leaf this rule matches together (torch's
     ``global_unstructured``), pruning ``amount`` of their entries in total.
 
+    One rule pattern is one group. To rank leaves of several patterns (or of
+    a callable's answers) together, give them the same ``group`` name; a
+    callable's ungrouped answers form one group per distinct value.
+
     >>> import jax.numpy as jnp, jaxprune as jp
     >>> params = {"a": {"kernel": jnp.array([1.0, -5.0])}, "b": {"kernel": jnp.array([0.5, 4.0])}}
     >>> masks = jp.prune_tree(None, params, {"*.kernel": jp.GlobalUnstructured(2)})
@@ -43,6 +47,7 @@ class GlobalUnstructured:
     PRUNING_TYPE = "unstructured"
     amount: Amount
     method: str = "l1"
+    group: str | None = None
 
     def __post_init__(self) -> None:
         check_amount(self.amount)
@@ -104,6 +109,12 @@ def resolve_rules(
             except (IndexError, ValueError) as err:
                 raise type(err)(f"{where}: {err}") from None
     return chosen
+
+
+def global_group(rule: Any, pattern: str | None) -> tuple[str | None, Any]:
+    """The group a global rule's leaf joins: its ``group`` name, else its pattern."""
+    name = getattr(rule, "group", None)
+    return (pattern, rule) if name is None else (name, dataclasses.replace(rule, group=None))
 
 
 def match_patterns(names: Sequence[str], rules: Mapping[str, Any]) -> list[tuple[int, str, Any]]:
@@ -185,15 +196,15 @@ def prune_tree(
     dms = _align(params, default_masks, "default_masks")
     scores = _align(params, importance_scores, "importance_scores")
     masks: list[Array | None] = [None] * len(leaves)
-    groups: dict[GlobalUnstructured, list[Assignment]] = {}
+    groups: dict[tuple[str | None, GlobalUnstructured], list[Assignment]] = {}
     for a in assignments:
         if isinstance(a.value, GlobalUnstructured):
-            groups.setdefault(a.value, []).append(a)
+            groups.setdefault(global_group(a.value, a.pattern), []).append(a)
             continue
         target = leaves[a.index] if scores[a.index] is None else scores[a.index]
         leaf_rng = None if key is None else leaf_key(_methods.check_key(key), _key_path(a))
         masks[a.index] = a.value.compute_mask(leaf_rng, target, dms[a.index])
-    for rule, members in groups.items():
+    for (_, rule), members in groups.items():
         out = global_masks(
             [a.path for a in members],
             [leaves[a.index] for a in members],

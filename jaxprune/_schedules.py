@@ -14,6 +14,7 @@ import dataclasses
 import numbers
 
 import jax.numpy as jnp
+import numpy as np
 
 from ._typing import Array, ArrayLike
 
@@ -136,15 +137,21 @@ class PolynomialSchedule(Schedule):
         if isinstance(self.power, bool) or not isinstance(self.power, numbers.Real) or not self.power > 0:
             raise ValueError(f"power must be a positive number, got {self.power!r}")
 
+    def targets(self) -> np.ndarray:
+        """The target at each update step, computed once in float64 and then
+        rounded to float32, so eager and jitted steps read identical values."""
+        n = (self.end - self.start) // self.every
+        left = (n - np.arange(n + 1)) / max(n, 1)  # 1 - (t - t0) / (n dt), exactly 0 at the end
+        if n == 0:
+            left = np.zeros(1)
+        values = self.final_sparsity + (self.initial_sparsity - self.final_sparsity) * left**self.power
+        return values.astype(np.float32)
+
     def target(self, step: ArrayLike) -> Array:
         step = jnp.asarray(step, jnp.int32)
-        span = max(self.end - self.start, 1)
-        last_update = self.start + (jnp.clip(step, self.start, self.end) - self.start) // self.every * self.every
-        progress = (last_update - self.start).astype(jnp.float32) / span
-        if self.end == self.start:
-            progress = jnp.float32(1.0)
-        value = self.final_sparsity + (self.initial_sparsity - self.final_sparsity) * (1.0 - progress) ** self.power
-        return jnp.where(step < self.start, jnp.float32(0.0), jnp.asarray(value, jnp.float32))
+        index = (jnp.clip(step, self.start, self.end) - self.start) // self.every
+        value = jnp.asarray(self.targets())[index]
+        return jnp.where(step < self.start, jnp.float32(0.0), value)
 
     def is_update(self, step: ArrayLike) -> Array:
         step = jnp.asarray(step, jnp.int32)

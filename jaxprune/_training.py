@@ -30,7 +30,7 @@ from jax import lax
 
 from . import _methods
 from ._amounts import CheckedAmount, count_to_prune
-from ._rules import Assignment, GlobalUnstructured, Rules, _key_path, resolve_rules
+from ._rules import Assignment, GlobalUnstructured, Rules, _key_path, global_group, resolve_rules
 from ._schedules import Schedule
 from ._specs import CustomFromMask, Identity, PruningMethod, RandomStructured, RandomUnstructured
 from ._trees import apply_masks, global_masks, leaf_key
@@ -69,7 +69,15 @@ def _resolve(params: PyTree, rules: Rules) -> list[tuple[Assignment, Any]]:
         what="a method with an amount (a spec such as jp.L1Unstructured(0.0), a spec class, "
              "or a callable amount -> spec)",
     )
-    return [(a, _make_method(a.value, 0)) for a in assignments]
+    resolved = [(a, _make_method(a.value, 0)) for a in assignments]
+    leaves = jax.tree.leaves(params)
+    for a, probe in resolved:
+        if getattr(probe, "PRUNING_TYPE", None) == "structured":
+            try:
+                _methods.check_dim(tuple(jnp.shape(leaves[a.index])), probe.dim)
+            except (IndexError, ValueError) as err:
+                raise type(err)(f"rule {a.pattern or ''!r} for {a.path!r}: {err}") from None
+    return resolved
 
 
 def pruning(
@@ -181,14 +189,14 @@ def _scheduled_masks(
     groups: dict[Any, list[Assignment]] = {}
     for a, probe in resolved:
         if isinstance(probe, GlobalUnstructured):
-            groups.setdefault(a.value, []).append(a)
+            groups.setdefault(global_group(a.value, a.pattern), []).append(a)
             continue
         mask = mask_leaves[a.index]
         units, already = _pruned_units(mask, probe)
         method = _make_method(a.value, _new_count(target, units, already))
         leaf_rng = None if key is None else leaf_key(key, _key_path(a))
         new[a.index] = method.compute_mask(leaf_rng, leaves[a.index], mask)
-    for value, members in groups.items():
+    for (_, value), members in groups.items():
         old = [mask_leaves[a.index] for a in members]
         units = sum(m.size for m in old)
         already = sum(m.size - jnp.sum(m, dtype=jnp.int32) for m in old)

@@ -226,25 +226,35 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
     {'b': Array([3.], dtype=float32), 'w': Array([ 0., -2.], dtype=float32)}
     """
 
-    def apply(mask: ArrayLike | None, param: ArrayLike) -> ArrayLike:
-        if mask is None:
-            return param
-        param_arr = jnp.asarray(param)
-        mask_arr = jnp.asarray(mask)
-        if mask_arr.shape != param_arr.shape:
-            raise PruningShapeError(f"a mask of shape {mask_arr.shape} does not fit a parameter of shape {param_arr.shape}")
-        keep = mask_arr if mask_arr.dtype == jnp.bool_ else mask_arr != 0
-        return jnp.where(keep, param_arr, jnp.zeros((), param_arr.dtype))
+    if isinstance(params, (jax.Array, np.ndarray)):
+        return _apply_one(masks, params)
+    leaves, treedef = jax.tree.flatten(params, is_leaf=_is_none)
+    return jax.tree.unflatten(
+        treedef, [_apply_one(m, p) for m, p in zip(_align_all(params, masks), leaves)]
+    )
 
-    try:
-        return jax.tree.map(apply, masks, params, is_leaf=lambda x: x is None)
-    except ValueError as err:
-        if isinstance(err, PruningShapeError):
-            raise
+
+def _apply_one(mask: ArrayLike | None, param: ArrayLike | None) -> ArrayLike | None:
+    if mask is None or param is None:
+        return param
+    param_arr = jnp.asarray(param)
+    mask_arr = jnp.asarray(mask)
+    if mask_arr.shape != param_arr.shape:
+        raise PruningShapeError(f"a mask of shape {mask_arr.shape} does not fit a parameter of shape {param_arr.shape}")
+    keep = mask_arr if mask_arr.dtype == jnp.bool_ else mask_arr != 0
+    return jnp.where(keep, param_arr, jnp.zeros((), param_arr.dtype))
+
+
+def _align_all(tree: PyTree, masks: PyTree) -> list[object | None]:
+    """``masks``' leaves matched to every leaf of ``tree`` (None leaves included)."""
+    tree_def = jax.tree.structure(tree, is_leaf=_is_none)
+    mask_leaves, mask_def = jax.tree.flatten(masks, is_leaf=_is_none)
+    if tree_def != mask_def:
         raise ValueError(
             f"masks must have the structure of params (None for leaves not pruned): "
-            f"masks {jax.tree.structure(masks, is_leaf=lambda x: x is None)}, params {jax.tree.structure(params)}"
-        ) from err
+            f"masks {mask_def}, params {tree_def}"
+        )
+    return mask_leaves
 
 
 def pruned_indices(mask: ArrayLike, dim: int) -> np.ndarray:
