@@ -32,8 +32,9 @@ from ._typing import Array
 #: At most this many values in total take the stable-sort path.
 SORT_MAX = 4096
 #: Histogram passes split large arrays into chunks of about this many values
-#: (XLA:CPU runs several smaller scatters faster than one big one).
-CHUNK = 1 << 20
+#: (XLA:CPU scatters a chunk faster than a whole array, and the scratch space of
+#: a training step that may prune stays small).
+CHUNK = 1 << 18
 #: Row length cap for the tie cut (rows of at most this many values).
 ROW_MAX = 4096
 

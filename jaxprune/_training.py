@@ -17,6 +17,9 @@ Composition (the wrapper must have the last word on the updates):
   the schedule then counts optimizer steps (every k micro-batches), and the
   skipped micro-steps apply zero updates, which keep pruned weights at 0.
 * learning-rate schedules live in the inner optimizer and count its own steps.
+
+Limitation: a pruned parameter that is ``inf`` or NaN cannot be sent to 0 by
+an additive update (``inf + -inf`` is NaN); ``jp.apply_masks`` zeroes it.
 """
 
 from __future__ import annotations
@@ -152,8 +155,9 @@ def pruning(
             if mask is None:
                 return update
             # param + (-param) is exactly 0: pruned weights land on zero, even
-            # those pruned in this very step.
-            return jnp.where(mask, update, -param.astype(update.dtype))
+            # those pruned in this very step. The update takes the parameter's
+            # dtype so that a low-precision update cannot round -param.
+            return jnp.where(mask, update.astype(param.dtype), -param)
 
         final = jax.tree.map(finish, masks, inner_updates, params, is_leaf=lambda x: x is None)
         return final, PruningState(optax.safe_int32_increment(step), masks, inner_state)

@@ -687,3 +687,16 @@ def test_linen_model_init_apply():
     assert np.all(np.isfinite(losses))
     out = model.apply(variables, X)
     assert out.shape == (16, 10)
+
+
+def test_low_precision_updates_still_land_pruned_weights_on_zero():
+    """bf16 gradients on f32 params: the zeroing update is built in the
+    parameter's dtype, so -param is not rounded."""
+    params = {"w": jnp.array([1.2345678, 2.0, -3.0, 4.0], jnp.float32)}
+    tx = jp.pruning(optax.sgd(0.1), {"w": jp.L1Unstructured}, jp.one_shot_schedule(0.25, step=0))
+    state = tx.init(params)
+    grads = {"w": jnp.ones(4, jnp.bfloat16)}
+    updates, state = tx.update(grads, state, params)
+    new = optax.apply_updates(params, updates)
+    assert new["w"].dtype == jnp.float32
+    assert float(new["w"][0]) == 0.0 and bool(jnp.all(new["w"][1:] != 0))
