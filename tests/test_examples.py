@@ -25,3 +25,15 @@ def test_seed_example_prunes_torch_counts_and_is_reproducible():
     # Same seed, same indices; another seed, other indices.
     assert run_example("seed_structured_pruning.py", "--seed", "3") == out
     assert run_example("seed_structured_pruning.py", "--seed", "4") != out
+
+
+def test_digits_example_prunes_to_90_percent_and_writes_the_plot(tmp_path):
+    plot = tmp_path / "digits.png"
+    out = run_example("prune_digits.py", "--steps", "500", "--plot", str(plot), "--out-dir", str(tmp_path))
+    assert re.search(r"\| pruned, fine-tuned \| 500 \| 90\.00% \|", out)
+    assert "compiled 1 time(s)" in out
+    assert re.search(r"checked: all [\d,]+ pruned weights are exactly 0\.0", out)
+    dense = float(re.search(r"accuracy: dense ([\d.]+)%", out).group(1))
+    assert dense > 90.0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "masks.safetensors").exists()
