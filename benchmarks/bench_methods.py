@@ -17,7 +17,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import torch
 import torch.nn.utils.prune as prune
 
 import jaxprune as jp
+
+from _machine import describe
 
 SIZES = {
     "conv": (512, 512, 3, 3),  # 2.36M
@@ -181,17 +182,6 @@ def measure_global_memory() -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
-            f"torch {torch.__version__}, jax {jax.__version__}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
@@ -203,7 +193,8 @@ def main() -> None:
         _memory_child()
         return
     torch.set_num_threads(os.cpu_count() or 1)
-    print(f"Measured {datetime.date.today().isoformat()} on {machine()}; median of {args.reps} runs, "
+    machine = describe(torch=torch.__version__, jax=jax.__version__)
+    print(f"Measured {datetime.date.today().isoformat()} on {machine}; median of {args.reps} runs, "
           "compile excluded.\n")
     rows = bench_methods([s for s in args.sizes.split(",") if s], args.reps)
     print("| size | method | torch | jaxprune | ratio |")

@@ -46,7 +46,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -64,6 +63,8 @@ import optax
 from jax import lax
 
 import jaxprune as jp
+
+from _machine import describe
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import prune_digits  # noqa: E402  (the example's model, loss and data)
@@ -298,17 +299,6 @@ def breakdown(reps: int) -> list[dict]:
             for k, v in timing.times.items()]
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, jax {jax.__version__}, "
-            f"flax {flax.__version__}, optax {optax.__version__}")
-
-
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.2f} ms"
 
@@ -353,7 +343,8 @@ def main() -> None:
         print(json.dumps([bench_step(cnn_setup, args.reps_cnn), bench_step(mlp_setup, args.reps_mlp)]))
         return
 
-    print(f"Measured {datetime.date.today().isoformat()} on {machine()}; median of {args.reps_cnn} (CNN) / "
+    machine = describe(jax=jax.__version__, flax=flax.__version__, optax=optax.__version__)
+    print(f"Measured {datetime.date.today().isoformat()} on {machine}; median of {args.reps_cnn} (CNN) / "
           f"{args.reps_mlp} (MLP) interleaved rounds, compile excluded, params and optimizer state donated; "
           f"1-min load average at start {os.getloadavg()[0]:.2f}.\n")
     print("(a) One training step; page faults and temp buffer: plain / jp.pruning. Default environment:\n")

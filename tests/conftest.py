@@ -12,6 +12,13 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 @pytest.fixture
+def standard_promotion():
+    """For code that does not run under strict promotion (optax's adam and MultiSteps)."""
+    with jax.numpy_dtype_promotion("standard"):
+        yield
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 

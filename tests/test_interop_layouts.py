@@ -23,6 +23,8 @@ from flax import nnx  # noqa: E402
 import jaxprune as jp  # noqa: E402
 from jaxprune import interop  # noqa: E402
 
+from _torch_models import small_cnn  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # --------------------------------------------------------------------------
@@ -33,16 +35,8 @@ NAMES = {"0": "conv", "1": "bn", "4": "fc"}
 
 
 def cnn(seed: int = 0) -> torch.nn.Sequential:
-    """Conv2d-BatchNorm-ReLU-Flatten-Linear, eval mode, non-trivial BatchNorm state, no ties."""
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-                              torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 10)).eval()
-    with torch.no_grad():
-        net[1].weight.uniform_(0.5, 1.5)
-        net[1].bias.uniform_(-0.2, 0.2)
-        net[1].running_mean.uniform_(-0.5, 0.5)
-        net[1].running_var.uniform_(0.5, 2.0)
-    return net
+    """The shared small CNN, in eval mode."""
+    return small_cnn(seed).eval()
 
 
 class LinenCNN(nn.Module):

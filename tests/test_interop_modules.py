@@ -21,22 +21,16 @@ import torch.nn.utils.prune as prune  # noqa: E402
 import jaxprune as jp  # noqa: E402
 from jaxprune import interop  # noqa: E402
 
+from _torch_models import small_cnn  # noqa: E402
+
 # --------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------
 
 
 def cnn(seed: int = 0) -> torch.nn.Sequential:
-    """Conv2d-BatchNorm-ReLU-Flatten-Linear on (N, 3, 6, 6) inputs; no tied values anywhere."""
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-                              torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 10))
-    with torch.no_grad():
-        net[1].weight.uniform_(0.5, 1.5)
-        net[1].bias.uniform_(-0.2, 0.2)
-        net[1].running_mean.uniform_(-0.5, 0.5)
-        net[1].running_var.uniform_(0.5, 2.0)
-    return net
+    """The shared small CNN."""
+    return small_cnn(seed)
 
 
 def cnn_input(seed: int = 1) -> torch.Tensor:
@@ -419,8 +413,9 @@ def test_global_l1_equals_torch_global_unstructured_iteratively(amounts):
     ours, theirs = twins(cnn)
     targets = [(theirs[0], "weight"), (theirs[0], "bias"), (theirs[4], "weight")]
     for amount in amounts:
-        interop.prune_module(None, ours, {"0.*": jp.GlobalUnstructured(amount),
-                                          "4.weight": jp.GlobalUnstructured(amount)})
+        # Two patterns, one global group: the shared group name joins them.
+        interop.prune_module(None, ours, {"0.*": jp.GlobalUnstructured(amount, group="all"),
+                                          "4.weight": jp.GlobalUnstructured(amount, group="all")})
         prune.global_unstructured(targets, prune.L1Unstructured, amount=amount)
         assert_masks_equal(ours, theirs)
     remaining = 216 + 8 + 1280
@@ -693,3 +688,17 @@ def test_float64_module_l1_equals_torch_with_x64():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_two_global_patterns_are_two_groups_unless_named_alike():
+    weights = {"0.weight": None, "4.weight": None}
+    separate, joined = cnn(), cnn()
+    interop.prune_module(None, separate, {"0.weight": jp.GlobalUnstructured(0.5), "4.weight": jp.GlobalUnstructured(0.5)})
+    interop.prune_module(None, joined, {"0.weight": jp.GlobalUnstructured(0.5, group="g"),
+                                        "4.weight": jp.GlobalUnstructured(0.5, group="g")})
+    for name in weights:
+        layer = separate[int(name[0])]
+        assert int((layer.weight_mask == 0).sum()) == round(0.5 * layer.weight_mask.numel())
+    total = sum(int((joined[i].weight_mask == 0).sum()) for i in (0, 4))
+    assert total == round(0.5 * (joined[0].weight_mask.numel() + joined[4].weight_mask.numel()))
+    assert int((joined[0].weight_mask == 0).sum()) != round(0.5 * joined[0].weight_mask.numel())

@@ -20,12 +20,6 @@ X = jax.random.normal(jax.random.key(100), (16, 8))
 Y = jax.random.normal(jax.random.key(101), (16, 10))
 
 
-@pytest.fixture
-def standard_promotion():
-    """optax's adam does not run under strict dtype promotion (an optax limitation)."""
-    with jax.numpy_dtype_promotion("standard"):
-        yield
-
 
 def is_none(x):
     return x is None

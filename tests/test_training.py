@@ -28,11 +28,6 @@ X = jax.random.normal(jax.random.key(100), (16, 8))
 Y = jax.random.normal(jax.random.key(101), (16, 10))
 
 
-@pytest.fixture
-def standard_promotion():
-    with jax.numpy_dtype_promotion("standard"):
-        yield
-
 
 def normal(seed, shape, scale=1.0):
     return scale * jax.random.normal(jax.random.key(seed), shape)

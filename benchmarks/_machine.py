@@ -1,0 +1,19 @@
+"""What the benchmark tables print about the machine they were measured on."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def describe(**versions: str) -> str:
+    """``"2 cores (CPU model), Python 3.11.7, torch 2.13.0, jax 0.10.2"``."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    parts = [f"{os.cpu_count()} cores ({cpu})", f"Python {platform.python_version()}"]
+    parts += [f"{name} {version}" for name, version in versions.items()]
+    return ", ".join(parts)
