@@ -177,36 +177,27 @@ def prune_module(
     return module
 
 
+_MISSING = object()
+
+
 def _save_state(sub: torch.nn.Module, name: str) -> dict[str, Any]:
-    prune = _torch().nn.utils.prune
-    hooks = {k: h for k, h in sub._forward_pre_hooks.items()
-             if isinstance(h, prune.BasePruningMethod) and h._tensor_name == name}
+    """Everything torch's reparametrization touches on ``sub``, in order."""
     return {
-        "hooks": hooks,
-        "param": sub._parameters.get(name),
-        "orig": sub._parameters.get(name + "_orig"),
-        "mask": sub._buffers.get(name + "_mask"),
-        "plain": sub.__dict__.get(name),
+        "parameters": dict(sub._parameters),
+        "buffers": dict(sub._buffers),
+        "hooks": dict(sub._forward_pre_hooks),
+        "plain": sub.__dict__.get(name, _MISSING),
     }
 
 
 def _restore_state(sub: torch.nn.Module, name: str, state: dict[str, Any]) -> None:
-    prune = _torch().nn.utils.prune
-    for k, h in list(sub._forward_pre_hooks.items()):
-        if isinstance(h, prune.BasePruningMethod) and h._tensor_name == name:
-            del sub._forward_pre_hooks[k]
-    sub._forward_pre_hooks.update(state["hooks"])
-    for key, value in ((name + "_orig", state["orig"]),):
-        sub._parameters.pop(key, None)
-        if value is not None:
-            sub._parameters[key] = value
-    sub._buffers.pop(name + "_mask", None)
-    if state["mask"] is not None:
-        sub._buffers[name + "_mask"] = state["mask"]
+    """Put back what :func:`_save_state` saw, with the same objects and order."""
+    for live, saved in ((sub._parameters, state["parameters"]), (sub._buffers, state["buffers"]),
+                        (sub._forward_pre_hooks, state["hooks"])):
+        live.clear()
+        live.update(saved)
     sub.__dict__.pop(name, None)
-    if state["param"] is not None:
-        sub._parameters[name] = state["param"]
-    elif state["plain"] is not None:
+    if state["plain"] is not _MISSING:
         sub.__dict__[name] = state["plain"]
 
 

@@ -702,3 +702,35 @@ def test_two_global_patterns_are_two_groups_unless_named_alike():
     total = sum(int((joined[i].weight_mask == 0).sum()) for i in (0, 4))
     assert total == round(0.5 * (joined[0].weight_mask.numel() + joined[4].weight_mask.numel()))
     assert int((joined[0].weight_mask == 0).sum()) != round(0.5 * joined[0].weight_mask.numel())
+
+
+@pytest.mark.parametrize("already_pruned", [False, True], ids=["fresh", "pruned-before"])
+def test_a_failure_while_installing_rolls_back_what_was_installed(monkeypatch, already_pruned):
+    """If torch fails half-way through installing the masks, the tensors already
+    reparametrized are restored: hooks, _orig/_mask, the Parameter objects."""
+    net = cnn()
+    if already_pruned:
+        prune.l1_unstructured(net[0], "weight", 5)
+        prune.l1_unstructured(net[4], "weight", 7)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    params_before = {name: p for name, p in net.named_parameters()}
+    hooks_before = [dict(m._forward_pre_hooks) for m in net]
+    real = prune.custom_from_mask
+    calls = []
+
+    def failing(module, name, mask):
+        calls.append(name)
+        if len(calls) == 2:
+            raise RuntimeError("torch failed here")
+        return real(module, name, mask)
+
+    monkeypatch.setattr(prune, "custom_from_mask", failing)
+    with pytest.raises(RuntimeError, match="torch failed here"):
+        interop.prune_module(None, net, {"0.weight": jp.L1Unstructured(0.3), "4.weight": jp.L1Unstructured(0.3)})
+    assert len(calls) == 2
+    after = net.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert {name: p for name, p in net.named_parameters()} == params_before
+    assert [dict(m._forward_pre_hooks) for m in net] == hooks_before
+    assert prune.is_pruned(net) == already_pruned
