@@ -62,17 +62,15 @@ def check_amount(amount: Amount) -> CheckedAmount:
     ...
     ValueError: amount=1.5 should either be a float in the range [0, 1] or a non-negative integer
     """
-    if isinstance(amount, (bool, np.bool_)):
-        raise TypeError(f"Invalid type for amount: {amount!r}. Must be int or float, not bool.")
-    if isinstance(amount, (np.ndarray, np.generic)) and not isinstance(amount, np.number):
-        raise TypeError(f"Invalid type for amount: {amount!r}. Must be int or float.")
     if isinstance(amount, np.ndarray):
         if amount.ndim != 0:
             raise TypeError(f"Invalid amount: {amount!r}. Must be a scalar, got shape {amount.shape}.")
-        amount = amount[()]
+        amount = amount[()]  # a NumPy scalar, checked below
+    if isinstance(amount, (bool, np.bool_)):
+        raise TypeError(f"Invalid type for amount: {amount!r}. Must be int or float, not bool.")
     if isinstance(amount, jax.Array):
         return _check_array_amount(amount)
-    if isinstance(amount, np.number):
+    if isinstance(amount, np.generic):
         if not isinstance(amount, (np.integer, np.floating)):
             raise TypeError(f"Invalid type for amount: {amount!r}. Must be int or float.")
         amount = amount.item()

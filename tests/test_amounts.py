@@ -124,3 +124,15 @@ def test_concrete_array_amounts_are_validated_eagerly():
         jp.l1_unstructured(jnp.ones(4), jnp.int32(-2))
     with pytest.raises(TypeError, match="bool"):
         jp.l1_unstructured(jnp.ones(4), jnp.bool_(True))
+
+
+def test_zero_d_numpy_arrays_are_amounts():
+    """DESIGN: an integer-dtype array is a count, a floating array a fraction."""
+    x = jnp.arange(1.0, 11.0)
+    assert int((~jp.l1_unstructured(x, np.array(0.25))).sum()) == 2
+    assert int((~jp.l1_unstructured(x, np.array(3, np.int64))).sum()) == 3
+    for bad in (np.array(True), np.array("0.5"), np.array(0.5 + 0j)):
+        with pytest.raises(TypeError, match="amount"):
+            jp.l1_unstructured(x, bad)
+    with pytest.raises(TypeError, match=r"shape \(1,\)"):
+        jp.l1_unstructured(x, np.array([0.5]))
