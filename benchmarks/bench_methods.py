@@ -95,7 +95,6 @@ def bench_methods(sizes: list[str], reps: int) -> list[dict]:
             rows.append({"size": f"{name} {shape}", "method": method, "torch_s": t_ref, "jaxprune_s": t_ours})
             print(f"  {name:7s} {method:32s} torch {t_ref * 1e3:9.1f} ms  jaxprune {t_ours * 1e3:8.1f} ms  "
                   f"ratio {t_ours / t_ref:.3f}", file=sys.stderr, flush=True)
-        del t_torch, ones, t_jax, data
     return rows
 
 

@@ -187,14 +187,21 @@ def _prune_entries(scores: Array, amount: CheckedAmount, default_mask: ArrayLike
     return _keep_lowest_entries(scores, mask, _as_k(k), absolute=absolute)
 
 
+def alive_slices(mask: Array, dim: int) -> Array:
+    """Which slices along ``dim`` a keep-mask still has (any entry kept)."""
+    others = tuple(d for d in range(mask.ndim) if d != dim % mask.ndim)
+    return jnp.any(mask, axis=others)
+
+
 @functools.partial(jax.jit, static_argnames=("shape", "dim"))
 def _keep_lowest_slices(
-    slice_scores: Array, default_mask: Array | None, k: Array, shape: tuple[int, ...], dim: int
+    slice_scores: Array,
+    default_mask: Array | None,
+    alive: Array | None,
+    k: Array,
+    shape: tuple[int, ...],
+    dim: int,
 ) -> Array:
-    alive = None
-    if default_mask is not None:
-        others = tuple(d for d in range(len(shape)) if d != dim)
-        alive = jnp.any(default_mask, axis=others)
     selected = select_lowest([slice_scores], [alive], k)[0]
     keep_slices = ~selected if alive is None else alive & ~selected
     view = [1] * len(shape)
@@ -244,12 +251,9 @@ def _prune_slices(
     scores: Array, amount: CheckedAmount, shape: tuple[int, ...], dim: int, default_mask: ArrayLike | None
 ) -> Array:
     mask = None if default_mask is None else as_mask(default_mask, shape, "default_mask")
-    alive = None
-    if mask is not None:
-        others = tuple(d for d in range(len(shape)) if d != dim)
-        alive = jnp.any(mask, axis=others)
+    alive = None if mask is None else alive_slices(mask, dim)
     k = count_to_prune(amount, count_units(alive, shape[dim]))
-    return _keep_lowest_slices(scores, mask, _as_k(k), shape, dim)
+    return _keep_lowest_slices(scores, mask, alive, _as_k(k), shape, dim)
 
 
 # --------------------------------------------------------------------------

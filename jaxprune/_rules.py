@@ -19,12 +19,11 @@ from typing import Any, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import tree_util
 
 from . import _methods
 from ._amounts import check_amount
 from ._specs import PruningMethod
-from ._trees import _align, global_masks, leaf_key, path_str
+from ._trees import _align, _leaves_with_paths, global_masks, leaf_key
 from ._typing import Amount, Array, PRNGKey, PyTree
 
 
@@ -80,7 +79,7 @@ def resolve_rules(
     lacks (``IndexError``/``ValueError``, as the methods).
     """
     accept = accept or _is_rule_value
-    named = [(path_str(p), leaf) for p, leaf in tree_util.tree_leaves_with_path(params)]
+    named = _leaves_with_paths(params)
     chosen: list[Assignment] = []
     if callable(rules) and not isinstance(rules, Mapping):
         for index, (path, leaf) in enumerate(named):
@@ -288,7 +287,7 @@ def sparsity_report(tree: PyTree, masks: PyTree | None = None) -> SparsityReport
     w                      (4,)             2             4    50.00%
     total                                   2             6    33.33%
     """
-    named = [(path_str(p), leaf) for p, leaf in tree_util.tree_leaves_with_path(tree)]
+    named = _leaves_with_paths(tree)
     mask_leaves: Sequence[Any] = _align(tree, masks, "masks") if masks is not None else [None] * len(named)
     rows = []
     for (path, leaf), mask in zip(named, mask_leaves):

@@ -168,10 +168,8 @@ def pruning(
 def _pruned_units(mask: Array, method: Any) -> tuple[int, Array]:
     """(units, units already pruned) of a leaf for this method, traced."""
     if getattr(method, "PRUNING_TYPE", None) == "structured":
-        dim = method.dim % mask.ndim
-        others = tuple(d for d in range(mask.ndim) if d != dim)
-        alive = jnp.any(mask, axis=others)
-        return mask.shape[dim], mask.shape[dim] - jnp.sum(alive, dtype=jnp.int32)
+        units = mask.shape[method.dim % mask.ndim]
+        return units, units - jnp.sum(_methods.alive_slices(mask, method.dim), dtype=jnp.int32)
     return mask.size, mask.size - jnp.sum(mask, dtype=jnp.int32)
 
 

@@ -70,20 +70,26 @@ def _leaves_with_paths(tree: PyTree) -> list[tuple[str, object]]:
 
 
 def _align(tree: PyTree, other: PyTree | None, name: str) -> list[object | None]:
-    """Leaves of ``other`` matched to ``tree``'s leaves (None where ``other`` has None).
+    """Leaves of ``other`` matched to ``tree``'s array leaves (None where ``other`` has None).
 
     ``other`` must have exactly ``tree``'s structure, a None standing for a leaf.
     """
     if other is None:
         return [None] * len(tree_util.tree_leaves(tree))
-    tree_leaves, tree_def = jax.tree.flatten(tree, is_leaf=_is_none)
+    tree_leaves = jax.tree.leaves(tree, is_leaf=_is_none)
+    return [o for t, o in zip(tree_leaves, _align_all(tree, other, name, "the tree")) if t is not None]
+
+
+def _align_all(tree: PyTree, other: PyTree, name: str, tree_name: str) -> list[object | None]:
+    """``other``'s leaves matched to every leaf of ``tree``, None leaves included."""
+    tree_def = jax.tree.structure(tree, is_leaf=_is_none)
     other_leaves, other_def = jax.tree.flatten(other, is_leaf=_is_none)
     if tree_def != other_def:
         raise ValueError(
-            f"{name} must have the structure of the tree (None where a leaf has none): "
-            f"tree {tree_def}, {name} {other_def}"
+            f"{name} must have the structure of {tree_name} (None where a leaf has none / is not pruned): "
+            f"{tree_name} {tree_def}, {name} {other_def}"
         )
-    return [o for t, o in zip(tree_leaves, other_leaves) if t is not None]
+    return other_leaves
 
 
 def _is_none(x: object) -> bool:
@@ -230,7 +236,7 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
         return _apply_one(masks, params)
     leaves, treedef = jax.tree.flatten(params, is_leaf=_is_none)
     return jax.tree.unflatten(
-        treedef, [_apply_one(m, p) for m, p in zip(_align_all(params, masks), leaves)]
+        treedef, [_apply_one(m, p) for m, p in zip(_align_all(params, masks, "masks", "params"), leaves)]
     )
 
 
@@ -243,18 +249,6 @@ def _apply_one(mask: ArrayLike | None, param: ArrayLike | None) -> ArrayLike | N
         raise PruningShapeError(f"a mask of shape {mask_arr.shape} does not fit a parameter of shape {param_arr.shape}")
     keep = mask_arr if mask_arr.dtype == jnp.bool_ else mask_arr != 0
     return jnp.where(keep, param_arr, jnp.zeros((), param_arr.dtype))
-
-
-def _align_all(tree: PyTree, masks: PyTree) -> list[object | None]:
-    """``masks``' leaves matched to every leaf of ``tree`` (None leaves included)."""
-    tree_def = jax.tree.structure(tree, is_leaf=_is_none)
-    mask_leaves, mask_def = jax.tree.flatten(masks, is_leaf=_is_none)
-    if tree_def != mask_def:
-        raise ValueError(
-            f"masks must have the structure of params (None for leaves not pruned): "
-            f"masks {mask_def}, params {tree_def}"
-        )
-    return mask_leaves
 
 
 def pruned_indices(mask: ArrayLike, dim: int) -> np.ndarray:
