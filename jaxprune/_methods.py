@@ -22,7 +22,7 @@ import numpy as np
 
 from ._amounts import CheckedAmount, check_amount, count_to_prune, is_traced
 from ._errors import NormOrderError, PruningShapeError
-from ._selection import select_lowest, sort_keys
+from ._selection import like, select_lowest, sort_keys
 from ._typing import Amount, Array, ArrayLike, NormOrder, PRNGKey
 
 # --------------------------------------------------------------------------
@@ -64,12 +64,33 @@ def check_key(key: PRNGKey) -> PRNGKey:
     )
 
 
-def as_mask(mask: ArrayLike, shape: tuple[int, ...], name: str) -> Array:
-    """A keep-mask of ``shape`` as bool (a 0/1 torch-style mask: nonzero = keep)."""
+def as_mask(mask: ArrayLike, shape: tuple[int, ...], name: str, t: ArrayLike | None = None) -> Array:
+    """A keep-mask of ``shape`` as bool (a 0/1 torch-style mask: nonzero = keep).
+
+    Given the tensor ``t``, a mask placed on other devices is refused (a mask
+    sharded differently over the same devices is resharded like ``t``).
+    """
     arr = mask if isinstance(mask, jax.Array) else jnp.asarray(mask)
     if tuple(arr.shape) != tuple(shape):
         raise PruningShapeError(f"{name} must have the tensor's shape {tuple(shape)}, got {tuple(arr.shape)}")
+    if t is not None:
+        check_placement(arr, t, name)
     return arr if arr.dtype == jnp.bool_ else arr != 0
+
+
+def _device_ids(x: jax.Array) -> list[int]:
+    return sorted(d.id for d in x.sharding.device_set)
+
+
+def check_placement(mask: ArrayLike, t: ArrayLike, name: str) -> None:
+    """Refuse a concrete mask committed to other devices than its tensor."""
+    if not (isinstance(mask, jax.Array) and isinstance(t, jax.Array)) or is_traced(mask) or is_traced(t):
+        return
+    if mask.committed and mask.sharding.device_set != t.sharding.device_set:
+        raise ValueError(
+            f"{name} is on devices {_device_ids(mask)} but its tensor is on devices {_device_ids(t)}: "
+            "put the mask where the tensor is, e.g. jax.device_put(mask, tensor.sharding)"
+        )
 
 
 def check_scores(t: Array, importance_scores: ArrayLike | None) -> Array:
@@ -143,13 +164,15 @@ def _magnitude_keys(scores: Array) -> Array:
 @functools.partial(jax.jit, static_argnames=("absolute",))
 def _keep_lowest_entries(scores: Array, default_mask: Array | None, k: Array, absolute: bool = False) -> Array:
     to_keys = _magnitude_keys if absolute else sort_keys
-    selected = select_lowest([scores], [default_mask], k, to_keys=to_keys)[0].reshape(scores.shape)
-    return ~selected if default_mask is None else default_mask & ~selected
+    selected = select_lowest([scores], [default_mask], k, to_keys=to_keys)[0]
+    return like(~selected if default_mask is None else default_mask & ~selected, scores)
 
 
-@functools.partial(jax.jit, static_argnames=("bits_shape",))
-def _keep_lowest_random(key: PRNGKey, default_mask: Array | None, k: Array, bits_shape: tuple[int, ...]) -> Array:
-    draws = jax.random.bits(key, bits_shape, jnp.uint32)
+@jax.jit
+def _keep_lowest_random(key: PRNGKey, t: Array, default_mask: Array | None, k: Array) -> Array:
+    # ``t`` gives the shape and, where arrays may be sharded, the sharding of
+    # the draws (threefry draws do not depend on how they are sharded).
+    draws = like(jax.random.bits(key, t.shape, jnp.uint32), t)
     return _keep_lowest_entries(draws, default_mask, k)
 
 
@@ -182,7 +205,7 @@ def unstructured_mask(
 
 
 def _prune_entries(scores: Array, amount: CheckedAmount, default_mask: ArrayLike | None, absolute: bool) -> Array:
-    mask = None if default_mask is None else as_mask(default_mask, scores.shape, "default_mask")
+    mask = None if default_mask is None else as_mask(default_mask, scores.shape, "default_mask", scores)
     k = count_to_prune(amount, count_units(mask, scores.size))
     return _keep_lowest_entries(scores, mask, _as_k(k), absolute=absolute)
 
@@ -201,13 +224,15 @@ def _keep_lowest_slices(
     k: Array,
     shape: tuple[int, ...],
     dim: int,
+    t: Array | None = None,
 ) -> Array:
     selected = select_lowest([slice_scores], [alive], k)[0]
     keep_slices = ~selected if alive is None else alive & ~selected
     view = [1] * len(shape)
     view[dim] = shape[dim]
     keep = jnp.broadcast_to(keep_slices.reshape(view), shape)
-    return keep if default_mask is None else keep & default_mask
+    keep = keep if default_mask is None else keep & default_mask
+    return keep if t is None else like(keep, t)
 
 
 def structured_mask(
@@ -248,12 +273,19 @@ def structured_mask(
 
 
 def _prune_slices(
-    scores: Array, amount: CheckedAmount, shape: tuple[int, ...], dim: int, default_mask: ArrayLike | None
+    scores: Array,
+    amount: CheckedAmount,
+    shape: tuple[int, ...],
+    dim: int,
+    default_mask: ArrayLike | None,
+    t: Array | None = None,
 ) -> Array:
-    mask = None if default_mask is None else as_mask(default_mask, shape, "default_mask")
+    """Structured pruning from slice scores; ``t`` (the pruned tensor, when
+    known) gives the mask its sharding."""
+    mask = None if default_mask is None else as_mask(default_mask, shape, "default_mask", t)
     alive = None if mask is None else alive_slices(mask, dim)
     k = count_to_prune(amount, count_units(alive, shape[dim]))
-    return _keep_lowest_slices(scores, mask, alive, _as_k(k), shape, dim)
+    return _keep_lowest_slices(scores, mask, alive, _as_k(k), shape, dim, t)
 
 
 # --------------------------------------------------------------------------
@@ -269,7 +301,12 @@ def identity(t: ArrayLike) -> Array:
     Array([[ True,  True]], dtype=bool)
     """
     t = as_tensor(t)
-    return jnp.ones(t.shape, bool)
+    return _all_kept(t)
+
+
+@jax.jit
+def _all_kept(t: Array) -> Array:
+    return like(jnp.ones(t.shape, bool), t)
 
 
 def l1_unstructured(
@@ -323,9 +360,9 @@ def random_unstructured(
     key = check_key(key)
     t = as_tensor(t)
     checked = check_amount(amount)
-    mask = None if default_mask is None else as_mask(default_mask, t.shape, "default_mask")
+    mask = None if default_mask is None else as_mask(default_mask, t.shape, "default_mask", t)
     k = count_to_prune(checked, count_units(mask, t.size))
-    return _keep_lowest_random(key, mask, _as_k(k), t.shape)
+    return _keep_lowest_random(key, t, mask, _as_k(k))
 
 
 def random_structured(
@@ -346,7 +383,7 @@ def random_structured(
     t = as_tensor(t)
     dim = check_dim(t.shape, dim)
     draws = jax.random.bits(key, (t.shape[dim],), jnp.uint32)
-    return _prune_slices(draws, check_amount(amount), t.shape, dim, default_mask)
+    return _prune_slices(draws, check_amount(amount), t.shape, dim, default_mask, t)
 
 
 def compute_mask(key: PRNGKey, t: ArrayLike, amount: Amount, dim: int = -1) -> Array:
@@ -386,23 +423,24 @@ def slice_norms(t: ArrayLike, n: NormOrder, dim: int) -> Array:
 def _slice_norms(t: Array, n: NormOrder, dim: int) -> Array:
     if not jnp.issubdtype(t.dtype, jnp.floating) or t.dtype.itemsize < 4:
         t = t.astype(jnp.float32)
-    rest = [s for d, s in enumerate(t.shape) if d != dim]
-    x = jnp.moveaxis(t, dim, 0).reshape(t.shape[dim], math.prod(rest))
     if n == "nuc":
-        mats = jnp.moveaxis(t, dim, 0).reshape(t.shape[dim], *rest)
+        mats = jnp.moveaxis(t, dim, 0)
         return jnp.sum(jnp.linalg.svd(mats, compute_uv=False), axis=-1)
-    a = jnp.abs(x)
+    # Reduce over the other axes in place (no reshape: a sharded tensor stays
+    # sharded, and each device reduces its own shard).
+    others = tuple(d for d in range(t.ndim) if d != dim)
+    a = jnp.abs(t)
     if n == "fro" or n == 2.0:
-        return jnp.sqrt(jnp.sum(a * a, axis=1))
+        return jnp.sqrt(jnp.sum(a * a, axis=others))
     if n == math.inf:
-        return jnp.max(a, axis=1, initial=0.0)
+        return jnp.max(a, axis=others, initial=0.0)
     if n == -math.inf:
-        return jnp.min(a, axis=1, initial=math.inf)
+        return jnp.min(a, axis=others, initial=math.inf)
     if n == 0.0:
-        return jnp.sum(a != 0, axis=1).astype(t.dtype)
+        return jnp.sum(a != 0, axis=others).astype(t.dtype)
     if n == 1.0:
-        return jnp.sum(a, axis=1)
-    return jnp.sum(a**n, axis=1) ** (1.0 / n)
+        return jnp.sum(a, axis=others)
+    return jnp.sum(a**n, axis=others) ** (1.0 / n)
 
 
 def ln_structured(
@@ -437,4 +475,4 @@ def ln_structured(
     dim = check_dim(t.shape, dim)
     n = check_norm(n, t.ndim)
     checked = check_amount(amount)
-    return _prune_slices(_slice_norms(scores, n, dim), checked, t.shape, dim, default_mask)
+    return _prune_slices(_slice_norms(scores, n, dim), checked, t.shape, dim, default_mask, t)

@@ -16,6 +16,14 @@ methods, for instance) take a stable sort instead, which is cheaper there.
 
 Everything here is traceable: ``k`` may be a traced integer, so changing the
 amount never recompiles.
+
+Sharding: when the process has several devices, arrays may be sharded, and
+flattening or slicing them into chunks would make XLA gather whole parameters
+onto every device. The selection then keeps each array's shape: every pass is
+an elementwise map plus a reduction, which XLA partitions into per-shard work
+and one small all-reduce (a 65536-bin histogram per pass; for the tie cut, one
+count per row and one row of the last axis). Results get their input's
+sharding (``shard_alike``). With one device the chunked path runs instead.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.experimental.shard_alike import shard_alike
 
 from ._typing import Array
 
@@ -37,6 +46,10 @@ SORT_MAX = 4096
 CHUNK = 1 << 18
 #: Row length cap for the tie cut (rows of at most this many values).
 ROW_MAX = 4096
+
+#: Keep array shapes (the sharding-safe path)? None: when there are several
+#: devices. Tests set it to force a path (then clear jax's caches).
+KEEP_SHAPES: bool | None = None
 
 _DIGIT_BITS = 16
 _BINS = 1 << _DIGIT_BITS
@@ -80,6 +93,18 @@ def sort_keys(scores: Array) -> Array:
     raise TypeError(f"scores must be real numbers, got dtype {dtype}")
 
 
+def keeps_shapes() -> bool:
+    """Whether selection keeps array shapes (several devices: arrays may be sharded)."""
+    return jax.device_count() > 1 if KEEP_SHAPES is None else KEEP_SHAPES
+
+
+def like(x: Array, t: Array) -> Array:
+    """``x`` constrained to ``t``'s sharding (same shape) where arrays may be sharded."""
+    if keeps_shapes() and x.shape == t.shape:
+        x, _ = shard_alike(x, t)
+    return x
+
+
 # --------------------------------------------------------------------------
 # The public kernel
 # --------------------------------------------------------------------------
@@ -96,32 +121,38 @@ def select_lowest(
 
     Args:
       scores: arrays whose flat concatenation is the ranked sequence.
-      candidates: for each array, a bool array of its size (False: never
+      candidates: for each array, a bool array of its shape (False: never
         selected) or None (every entry is a candidate).
       k: int32 scalar, ``0 <= k <= number of candidates`` (the caller clamps).
       to_keys: maps (a chunk of) scores to unsigned sort keys of one dtype; it
-        is applied chunk by chunk inside each pass, so keys for the whole input
-        never sit in memory at once.
+        is applied inside each pass, so keys for the whole input never sit in
+        memory at once.
 
     Returns:
-      For each array, a flat bool array: True where selected.
+      For each array, a bool array of its shape: True where selected.
     """
-    scores = [jnp.ravel(x) for x in scores]
-    cands = [None if c is None else jnp.ravel(c) for c in candidates]
     k = jnp.asarray(k, jnp.int32)
-    nonempty = [i for i, x in enumerate(scores) if x.size]
-    out = [jnp.zeros(x.shape, bool) for x in scores]
+    out = [jnp.zeros(jnp.shape(x), bool) for x in scores]
+    nonempty = [i for i, x in enumerate(scores) if jnp.size(x)]
     if not nonempty:
         return out
-    scores = [scores[i] for i in nonempty]
-    cands = [cands[i] for i in nonempty]
-    if sum(x.size for x in scores) <= SORT_MAX:
-        selected = _select_by_sort([to_keys(x) for x in scores], cands, k)
+    xs = [scores[i] for i in nonempty]
+    cs = [candidates[i] for i in nonempty]
+    if sum(x.size for x in xs) <= SORT_MAX:
+        flat = _select_by_sort([to_keys(jnp.ravel(x)) for x in xs], [_ravel(c) for c in cs], k)
+        selected = [sel.reshape(x.shape) for sel, x in zip(flat, xs)]
+    elif keeps_shapes():
+        selected = _select_in_place(xs, cs, k, to_keys)
     else:
-        selected = _select_by_radix(scores, cands, k, to_keys)
+        flat = _select_by_radix([jnp.ravel(x) for x in xs], [_ravel(c) for c in cs], k, to_keys)
+        selected = [sel.reshape(x.shape) for sel, x in zip(flat, xs)]
     for i, sel in zip(nonempty, selected):
         out[i] = sel
     return out
+
+
+def _ravel(c: Array | None) -> Array | None:
+    return None if c is None else jnp.ravel(c)
 
 
 def _select_by_sort(keys: list[Array], cands: list[Array | None], k: Array) -> list[Array]:
@@ -146,6 +177,20 @@ def _select_by_sort(keys: list[Array], cands: list[Array | None], k: Array) -> l
 # --------------------------------------------------------------------------
 
 
+def _count_digits(hist: Array, keys: Array, live: Array | None, shift: int, prefix: Array) -> Array:
+    """Add to ``hist`` the key digits at ``shift`` of the live entries whose
+    higher digits equal those of ``prefix`` (any shape: a scatter-add)."""
+    udt = prefix.dtype
+    higher = shift + _DIGIT_BITS
+    digit = ((keys >> np.array(shift, udt)) & np.array(_BINS - 1, udt)).astype(jnp.int32)
+    if higher < udt.itemsize * 8:
+        same = (keys >> np.array(higher, udt)) == (prefix >> np.array(higher, udt))
+        live = same if live is None else live & same
+    if live is not None:
+        digit = jnp.where(live, digit, _BINS)  # out of range: dropped
+    return hist.at[digit].add(1, mode="drop")
+
+
 def _histogram(
     scores: list[Array],
     cands: list[Array | None],
@@ -153,26 +198,9 @@ def _histogram(
     shift: int,
     prefix: Array,
 ) -> Array:
-    """Counts of the 16-bit key digit at ``shift`` among candidates whose
-    higher digits equal those of ``prefix``.
-
-    Each array is read in chunks of CHUNK values inside a loop, so only one
-    chunk's keys and digits exist at a time (and XLA:CPU scatters a chunk
-    faster than a whole array).
-    """
-    udt = prefix.dtype
-    higher = shift + _DIGIT_BITS
-
-    def count(hist: Array, part: Array, live: Array | None) -> Array:
-        keys = to_keys(part)
-        digit = ((keys >> np.array(shift, udt)) & np.array(_BINS - 1, udt)).astype(jnp.int32)
-        if higher < udt.itemsize * 8:
-            same = (keys >> np.array(higher, udt)) == (prefix >> np.array(higher, udt))
-            live = same if live is None else live & same
-        if live is not None:
-            digit = jnp.where(live, digit, _BINS)  # out of range: dropped
-        return hist.at[digit].add(1, mode="drop")
-
+    """The digit histogram of flat arrays, read in chunks of CHUNK values
+    inside a loop, so only one chunk's keys and digits exist at a time (and
+    XLA:CPU scatters a chunk faster than a whole array)."""
     hist = jnp.zeros(_BINS, jnp.int32)
     for x, c in zip(scores, cands):
         full = x.size // CHUNK
@@ -182,33 +210,44 @@ def _histogram(
                 start = i * CHUNK
                 part = lax.dynamic_slice_in_dim(x, start, CHUNK)
                 live = None if c is None else lax.dynamic_slice_in_dim(c, start, CHUNK)
-                return count(hist, part, live)
+                return _count_digits(hist, to_keys(part), live, shift, prefix)
 
             hist = lax.fori_loop(0, full, body, hist)
         if x.size % CHUNK:
             tail = full * CHUNK
-            hist = count(hist, x[tail:], None if c is None else c[tail:])
+            hist = _count_digits(hist, to_keys(x[tail:]), None if c is None else c[tail:], shift, prefix)
     return hist
+
+
+def _threshold(
+    histogram: Callable[[int, Array], Array], udt: np.dtype, k: Array
+) -> tuple[Array, Array, Array]:
+    """Radix select of the k-th lowest key, 16 bits per pass.
+
+    Returns ``(threshold, remaining, tied)``: every candidate with a key below
+    ``threshold`` is selected, and ``remaining`` of the ``tied`` candidates
+    whose key equals it.
+    """
+    prefix = jnp.zeros((), udt)
+    remaining = k  # how many still to select at or above the current prefix
+    tied = jnp.zeros((), jnp.int32)
+    for shift in range(udt.itemsize * 8 - _DIGIT_BITS, -1, -_DIGIT_BITS):
+        hist = histogram(shift, prefix)
+        cum = jnp.cumsum(hist)
+        digit = jnp.minimum(jnp.searchsorted(cum, remaining, side="left"), _BINS - 1)
+        tied = hist[digit]
+        remaining = remaining - (cum[digit] - tied)
+        prefix = prefix | (digit.astype(udt) << np.array(shift, udt))
+    return prefix, remaining, tied
 
 
 def _select_by_radix(
     scores: list[Array], cands: list[Array | None], k: Array, to_keys: Callable[[Array], Array]
 ) -> list[Array]:
     udt = jax.eval_shape(to_keys, scores[0][:1]).dtype
-    nbits = udt.itemsize * 8
-    prefix = jnp.zeros((), udt)
-    remaining = k  # how many still to select at or above the current prefix
-    tied = jnp.zeros((), jnp.int32)
-    for shift in range(nbits - _DIGIT_BITS, -1, -_DIGIT_BITS):
-        hist = _histogram(scores, cands, to_keys, shift, prefix)
-        cum = jnp.cumsum(hist)
-        digit = jnp.minimum(jnp.searchsorted(cum, remaining, side="left"), _BINS - 1)
-        tied = hist[digit]
-        remaining = remaining - (cum[digit] - tied)
-        prefix = prefix | (digit.astype(udt) << np.array(shift, udt))
-    threshold = prefix
-    # Now: every candidate with key < threshold is selected, and `remaining`
-    # of the `tied` candidates with key == threshold (lowest positions first).
+    threshold, remaining, tied = _threshold(
+        lambda shift, prefix: _histogram(scores, cands, to_keys, shift, prefix), udt, k
+    )
 
     def below_or_equal(_: None) -> list[Array]:
         return [_live(to_keys(x) <= threshold, c) for x, c in zip(scores, cands)]
@@ -304,4 +343,97 @@ def _select_with_tie_cut(
         before_cut = (row_ids < cut_row) | ((row_ids == cut_row) & (col_ids <= cut_col))
         chosen = (keys < threshold) | ((keys == threshold) & before_cut & (remaining > 0))
         out.append(_live(chosen.reshape(-1), c))
+    return out
+
+
+# --------------------------------------------------------------------------
+# Radix select keeping shapes (arrays that may be sharded)
+# --------------------------------------------------------------------------
+
+
+def _select_in_place(
+    scores: list[Array], cands: list[Array | None], k: Array, to_keys: Callable[[Array], Array]
+) -> list[Array]:
+    """The radix select on arrays in their own shapes: no flattening, no
+    slicing, so each pass is per-shard work plus one all-reduce."""
+    udt = jax.eval_shape(to_keys, jax.ShapeDtypeStruct((1,), scores[0].dtype)).dtype
+
+    def histogram(shift: int, prefix: Array) -> Array:
+        hist = jnp.zeros(_BINS, jnp.int32)
+        for x, c in zip(scores, cands):
+            hist = _count_digits(hist, to_keys(x), c, shift, prefix)
+        return hist
+
+    threshold, remaining, tied = _threshold(histogram, udt, k)
+
+    def below_or_equal(_: None) -> list[Array]:
+        return [like(_live(to_keys(x) <= threshold, c), x) for x, c in zip(scores, cands)]
+
+    def cut_ties(_: None) -> list[Array]:
+        return _tie_cut_in_place(scores, cands, to_keys, threshold, remaining)
+
+    return lax.cond(remaining == tied, below_or_equal, cut_ties, None)
+
+
+def _as_rows(x: Array) -> Array:
+    """The view the in-place tie cut reads: rows along the last axis (a 1-D
+    array is split into rows of at most ROW_MAX, a 0-d one is one row)."""
+    if x.ndim == 0:
+        return x.reshape(1, 1)
+    if x.ndim == 1:
+        length = _row_length(x.size)
+        return x.reshape(x.size // length, length)
+    return x
+
+
+def _row_ids(shape: tuple[int, ...], offset: int) -> Array:
+    """Flat row-major index of every position of ``shape``, plus ``offset``."""
+    ids = jnp.full(shape, np.int32(offset))
+    stride = 1
+    for d in range(len(shape) - 1, -1, -1):
+        ids = ids + lax.broadcasted_iota(jnp.int32, shape, d) * np.int32(stride)
+        stride *= shape[d]
+    return ids
+
+
+def _tie_cut_in_place(
+    scores: list[Array],
+    cands: list[Array | None],
+    to_keys: Callable[[Array], Array],
+    threshold: Array,
+    remaining: Array,
+) -> list[Array]:
+    """Select keys below ``threshold`` plus the first ``remaining`` equal ones,
+    rows being the last axis: per-row tie counts (one reduction) locate the
+    cut row, a masked sum over rows extracts that row for a short cumsum."""
+    views = [(_as_rows(x), None if c is None else _as_rows(c)) for x, c in zip(scores, cands)]
+
+    def ties(x: Array, c: Array | None) -> Array:
+        return _live(to_keys(x) == threshold, c)
+
+    counts = jnp.concatenate([jnp.sum(ties(x, c), axis=-1, dtype=jnp.int32).ravel() for x, c in views])
+    cum = jnp.cumsum(counts)
+    cut_row = jnp.minimum(jnp.searchsorted(cum, remaining, side="left").astype(jnp.int32), counts.size - 1)
+    in_row = remaining - (cum[cut_row] - counts[cut_row])  # ties to take in the cut row
+
+    row_ids, offset = [], 0
+    cut_col = jnp.zeros((), jnp.int32)
+    for x, c in views:
+        ids = _row_ids(x.shape[:-1], offset)
+        n_rows = x.size // x.shape[-1]
+        row = jnp.sum(ties(x, c) & (ids == cut_row)[..., None], axis=tuple(range(x.ndim - 1)), dtype=jnp.int32)
+        col = jnp.searchsorted(jnp.cumsum(row), in_row, side="left").astype(jnp.int32)
+        inside = (cut_row >= offset) & (cut_row < offset + n_rows)
+        cut_col = jnp.where(inside, col, cut_col)
+        row_ids.append(ids)
+        offset += n_rows
+
+    out = []
+    for (x, c), ids, orig in zip(views, row_ids, scores):
+        keys = to_keys(x)
+        col_ids = lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+        ids = ids[..., None]
+        before_cut = (ids < cut_row) | ((ids == cut_row) & (col_ids <= cut_col))
+        chosen = (keys < threshold) | ((keys == threshold) & before_cut & (remaining > 0))
+        out.append(like(_live(chosen, c).reshape(orig.shape), orig))
     return out

@@ -104,7 +104,11 @@ class StructuredMethod(PruningMethod):
         t = _methods.as_tensor(t)
         dim = _methods.check_dim(t.shape, self.dim)
         scores = jnp.asarray(self.slice_scores(key, t))
-        return _methods.structured_mask(scores, t.shape, self.amount, dim, default_mask=default_mask)
+        if scores.shape != (t.shape[dim],):
+            raise PruningShapeError(
+                f"{type(self).__name__}.slice_scores returned shape {scores.shape}, expected ({t.shape[dim]},)"
+            )
+        return _methods._prune_slices(scores, check_amount(self.amount), t.shape, dim, default_mask, t)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +121,7 @@ class Identity(PruningMethod):
         t = _methods.as_tensor(t)
         if default_mask is None:
             return _methods.identity(t)
-        return _methods.as_mask(default_mask, t.shape, "default_mask")
+        return _methods.as_mask(default_mask, t.shape, "default_mask", t)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +210,7 @@ class CustomFromMask(PruningMethod):
 
     def compute_mask(self, key: PRNGKey | None, t: ArrayLike, default_mask: ArrayLike | None = None) -> Array:
         t = _methods.as_tensor(t)
-        mask = _methods.as_mask(self.mask, t.shape, "CustomFromMask.mask")
+        mask = _methods.as_mask(self.mask, t.shape, "CustomFromMask.mask", t)
         if default_mask is None:
             return mask
-        return _methods.as_mask(default_mask, t.shape, "default_mask") & mask
+        return _methods.as_mask(default_mask, t.shape, "default_mask", t) & mask

@@ -134,7 +134,7 @@ def pruning(
         leaves, treedef = jax.tree.flatten(params)
         masks: list[Array | None] = [None] * len(leaves)
         for a, _ in resolved:
-            masks[a.index] = jnp.ones(jnp.shape(leaves[a.index]), bool)
+            masks[a.index] = _methods.identity(leaves[a.index])  # all kept, sharded like the leaf
         return PruningState(jnp.zeros((), jnp.int32), jax.tree.unflatten(treedef, masks), inner.init(params))
 
     def update(updates: PyTree, state: PruningState, params: PyTree | None = None) -> tuple[PyTree, PruningState]:

@@ -9,7 +9,6 @@ changes another leaf's draws.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from collections.abc import Sequence
 
@@ -21,7 +20,7 @@ from jax import tree_util
 from . import _methods
 from ._amounts import CheckedAmount, check_amount, count_to_prune
 from ._errors import PruningShapeError
-from ._selection import select_lowest, sort_keys
+from ._selection import like, select_lowest, sort_keys
 from ._typing import Amount, Array, ArrayLike, PRNGKey, PyTree
 
 
@@ -162,7 +161,7 @@ def global_masks(
     """Global pruning over explicit lists (the leaves in ranking order, with their paths)."""
     leaves = [_methods.as_tensor(leaf, f"leaf {path!r}") for path, leaf in zip(paths, leaves)]
     masks = [
-        None if m is None else _methods.as_mask(m, leaf.shape, f"default_masks[{path!r}]")
+        None if m is None else _methods.as_mask(m, leaf.shape, f"default_masks[{path!r}]", leaf)
         for path, leaf, m in zip(paths, leaves, default_masks)
     ]
     if method == "random":
@@ -189,20 +188,20 @@ def global_masks(
     for leaf, mask in zip(leaves, masks):
         units = units + _methods.count_units(mask, leaf.size)
     k = _methods._as_k(count_to_prune(amount, units))
-    shapes = tuple(leaf.shape for leaf in leaves)
-    return _global_keep(scores, keys, masks, k, shapes)
+    return _global_keep(scores, keys, masks, k, None if scores is not None else leaves)
 
 
-@functools.partial(jax.jit, static_argnames=("shapes",))
+@jax.jit
 def _global_keep(
     scores: list[Array] | None,
     keys: tuple[PRNGKey, ...] | None,
     masks: list[Array | None],
     k: Array,
-    shapes: tuple[tuple[int, ...], ...],
+    leaves: list[Array] | None,
 ) -> list[Array]:
+    # For random ranking, ``leaves`` give the draws their shapes and shardings.
     if scores is None:
-        ranked = [jax.random.bits(kk, shape, jnp.uint32) for kk, shape in zip(keys, shapes)]
+        ranked = [like(jax.random.bits(kk, x.shape, jnp.uint32), x) for kk, x in zip(keys, leaves)]
         to_keys = sort_keys
     else:
         ranked = scores
@@ -213,9 +212,8 @@ def _global_keep(
 
     selected = select_lowest(ranked, masks, k, to_keys=to_keys)
     out = []
-    for sel, mask, shape in zip(selected, masks, shapes):
-        keep = ~sel.reshape(shape)
-        out.append(keep if mask is None else keep & mask)
+    for sel, mask in zip(selected, masks):
+        out.append(~sel if mask is None else ~sel & mask)
     return out
 
 
@@ -233,22 +231,29 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
     """
 
     if isinstance(params, (jax.Array, np.ndarray)):
-        return _apply_one(masks, params)
-    leaves, treedef = jax.tree.flatten(params, is_leaf=_is_none)
+        return _apply_one(masks, params, "the mask")
+    named, treedef = tree_util.tree_flatten_with_path(params, is_leaf=_is_none)
+    aligned = _align_all(params, masks, "masks", "params")
     return jax.tree.unflatten(
-        treedef, [_apply_one(m, p) for m, p in zip(_align_all(params, masks, "masks", "params"), leaves)]
+        treedef, [_apply_one(m, p, f"masks[{path_str(path)!r}]") for m, (path, p) in zip(aligned, named)]
     )
 
 
-def _apply_one(mask: ArrayLike | None, param: ArrayLike | None) -> ArrayLike | None:
+def _apply_one(mask: ArrayLike | None, param: ArrayLike | None, name: str) -> ArrayLike | None:
     if mask is None or param is None:
         return param
     param_arr = jnp.asarray(param)
     mask_arr = jnp.asarray(mask)
     if mask_arr.shape != param_arr.shape:
         raise PruningShapeError(f"a mask of shape {mask_arr.shape} does not fit a parameter of shape {param_arr.shape}")
-    keep = mask_arr if mask_arr.dtype == jnp.bool_ else mask_arr != 0
-    return jnp.where(keep, param_arr, jnp.zeros((), param_arr.dtype))
+    _methods.check_placement(mask_arr, param_arr, name)
+    return _masked(mask_arr, param_arr)
+
+
+@jax.jit
+def _masked(mask: Array, param: Array) -> Array:
+    keep = mask if mask.dtype == jnp.bool_ else mask != 0
+    return like(jnp.where(keep, param, jnp.zeros((), param.dtype)), param)
 
 
 def pruned_indices(mask: ArrayLike, dim: int) -> np.ndarray:

@@ -23,14 +23,18 @@ def reference(scores: list[np.ndarray], cands: list[np.ndarray | None], k: int) 
     return out
 
 
-@pytest.fixture(params=["sort", "radix", "radix-small-chunks"])
+@pytest.fixture(params=["sort", "radix", "radix-small-chunks", "in-place", "in-place-small-rows"])
 def path(request, monkeypatch):
+    """Each selection path: the stable sort, the chunked radix select (one
+    device), and the shape-keeping radix select (several devices)."""
     if request.param == "sort":
         monkeypatch.setattr(_selection, "SORT_MAX", 10**9)
     else:
         monkeypatch.setattr(_selection, "SORT_MAX", 0)
-    if request.param == "radix-small-chunks":
+    monkeypatch.setattr(_selection, "KEEP_SHAPES", request.param.startswith("in-place"))
+    if request.param.endswith("small-chunks"):
         monkeypatch.setattr(_selection, "CHUNK", 37)
+    if request.param.endswith("small-chunks") or request.param.endswith("small-rows"):
         monkeypatch.setattr(_selection, "ROW_MAX", 7)
     jax.clear_caches()
     yield request.param
@@ -109,3 +113,18 @@ def test_sort_keys_order():
 def test_empty_input(path):
     (got,) = run([np.zeros(0, np.float32)], [None], 0)
     assert got.shape == (0,)
+
+
+@pytest.mark.parametrize("shapes", [[(7, 13)], [(3, 4, 5), (0, 3), (6,), ()], [(2, 1, 9), (40, 1)], [(1, 300)]])
+def test_nd_shapes_ties_across_rows(path, shapes):
+    """Results keep each input's shape; ties straddle rows, arrays, and the
+    cut lands at every position of a row."""
+    rng = np.random.default_rng(3)
+    scores = [rng.integers(0, 3, size=s).astype(np.float32) for s in shapes]
+    cands = [None if i % 2 else rng.random(s) < 0.8 for i, s in enumerate(shapes)]
+    total = sum(int(np.prod(s)) if c is None else int(c.sum()) for s, c in zip(shapes, cands))
+    for k in sorted({0, 1, total // 4, total // 2, total - 1, total} - {-1}):
+        got = run(scores, cands, k)
+        for g, r, s in zip(got, reference(scores, cands, k), shapes):
+            assert g.shape == tuple(s)
+            np.testing.assert_array_equal(g.ravel(), r, err_msg=f"shapes {shapes} k {k}")
