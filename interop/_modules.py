@@ -167,8 +167,11 @@ def prune_module(
         for name, mask in masks.items():
             sub, attr = params[name]
             before = _save_state(sub, attr)
-            dtype = _current(sub, attr)[0].dtype
-            prune.custom_from_mask(sub, attr, mask=to_torch(mask, copy=True).to(dtype))
+            current = _current(sub, attr)[0]
+            # The mask goes where the parameter is (jax may have computed it on
+            # another device, e.g. its default GPU for a CPU module).
+            mask_tensor = to_torch(mask, copy=True).to(device=current.device, dtype=current.dtype)
+            prune.custom_from_mask(sub, attr, mask=mask_tensor)
             installed.append((sub, attr, before))
     except BaseException:
         for sub, attr, before in reversed(installed):

@@ -34,9 +34,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.experimental.shard_alike import shard_alike
 
 from ._typing import Array
+
+try:  # where jax <= 0.10 exposes it
+    from jax.experimental.shard_alike import shard_alike
+except ImportError:  # later jax: the implementation module (no public name found yet)
+    try:
+        from jax._src.shard_alike import shard_alike
+    except ImportError:
+        shard_alike = None
 
 #: At most this many values in total take the stable-sort path.
 SORT_MAX = 4096
@@ -100,7 +107,7 @@ def keeps_shapes() -> bool:
 
 def like(x: Array, t: Array) -> Array:
     """``x`` constrained to ``t``'s sharding (same shape) where arrays may be sharded."""
-    if keeps_shapes() and x.shape == t.shape:
+    if shard_alike is not None and keeps_shapes() and x.shape == t.shape:
         x, _ = shard_alike(x, t)
     return x
 

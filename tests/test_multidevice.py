@@ -22,7 +22,8 @@ def test_multidevice_suite():
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
     env["JAX_PLATFORMS"] = "cpu"
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", str(HERE / "multidevice")],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", str(HERE / "multidevice"),
+         str(HERE / "test_reproducibility.py")],
         cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=1800,
     )
     summary = result.stdout.strip().splitlines()[-1:] if result.stdout.strip() else []
