@@ -17,3 +17,20 @@ def describe(**versions: str) -> str:
     parts = [f"{os.cpu_count()} cores ({cpu})", f"Python {platform.python_version()}"]
     parts += [f"{name} {version}" for name, version in versions.items()]
     return ", ".join(parts)
+
+
+def status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (``VmRSS``, ``VmHWM``) in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Reset this process's peak-RSS counter (VmHWM), so that it measures what
+    follows only (``ru_maxrss`` in a child would count the parent's memory at
+    fork time)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")

@@ -31,7 +31,7 @@ import torch.nn.utils.prune as prune
 
 import jaxprune as jp
 
-from _machine import describe
+from _machine import describe, reset_peak_rss, status_bytes
 
 SIZES = {
     "conv": (512, 512, 3, 3),  # 2.36M
@@ -149,13 +149,10 @@ def _memory_child() -> None:
     params_bytes = sum(a.nbytes for a in tree)
     fn = jax.jit(lambda tr: jp.global_unstructured(tr, 0.3))
     compiled = fn.lower(tree).compile()
-    rss_before = _status_bytes("VmRSS")
-    # Reset the peak-RSS counter (VmHWM) so that it measures this call only:
-    # ru_maxrss would also count the parent's memory at fork time.
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    rss_before = status_bytes("VmRSS")
+    reset_peak_rss()
     masks = jax.block_until_ready(compiled(tree))
-    peak = _status_bytes("VmHWM")
+    peak = status_bytes("VmHWM")
     pruned = sum(int((~m).sum()) for m in masks)
     extra = max(peak - rss_before, 0)
     print(json.dumps({
@@ -164,14 +161,6 @@ def _memory_child() -> None:
         "peak_ratio": (params_bytes + extra) / params_bytes,
         "pruned": pruned,
     }))
-
-
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def measure_global_memory() -> dict:

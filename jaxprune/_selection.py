@@ -28,6 +28,9 @@ sharding (``shard_alike``). With one device the chunked path runs instead.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -123,6 +126,7 @@ def select_lowest(
     k: Array,
     *,
     to_keys: Callable[[Array], Array] = sort_keys,
+    on_pass: Callable[[int], None] | None = None,
 ) -> list[Array]:
     """Mark exactly ``k`` candidates with the lowest keys, ties by position.
 
@@ -134,6 +138,8 @@ def select_lowest(
       to_keys: maps (a chunk of) scores to unsigned sort keys of one dtype; it
         is applied inside each pass, so keys for the whole input never sit in
         memory at once.
+      on_pass: called on the host with the pass number (1, 2, ...) when each
+        radix pass has run (see :func:`radix_passes`); nothing on the sort path.
 
     Returns:
       For each array, a bool array of its shape: True where selected.
@@ -149,13 +155,21 @@ def select_lowest(
         flat = _select_by_sort([to_keys(jnp.ravel(x)) for x in xs], [_ravel(c) for c in cs], k)
         selected = [sel.reshape(x.shape) for sel, x in zip(flat, xs)]
     elif keeps_shapes():
-        selected = _select_in_place(xs, cs, k, to_keys)
+        selected = _select_in_place(xs, cs, k, to_keys, on_pass)
     else:
-        flat = _select_by_radix([jnp.ravel(x) for x in xs], [_ravel(c) for c in cs], k, to_keys)
+        flat = _select_by_radix([jnp.ravel(x) for x in xs], [_ravel(c) for c in cs], k, to_keys, on_pass)
         selected = [sel.reshape(x.shape) for sel, x in zip(flat, xs)]
     for i, sel in zip(nonempty, selected):
         out[i] = sel
     return out
+
+
+def radix_passes(sizes: Sequence[int], key_dtype: np.dtype) -> int:
+    """How many histogram passes :func:`select_lowest` makes over inputs of
+    these sizes with keys of ``key_dtype`` (0: they take the sort path)."""
+    if sum(sizes) == 0 or sum(sizes) <= SORT_MAX:
+        return 0
+    return np.dtype(key_dtype).itemsize * 8 // _DIGIT_BITS
 
 
 def _ravel(c: Array | None) -> Array | None:
@@ -227,7 +241,10 @@ def _histogram(
 
 
 def _threshold(
-    histogram: Callable[[int, Array], Array], udt: np.dtype, k: Array
+    histogram: Callable[[int, Array], Array],
+    udt: np.dtype,
+    k: Array,
+    on_pass: Callable[[int], None] | None = None,
 ) -> tuple[Array, Array, Array]:
     """Radix select of the k-th lowest key, 16 bits per pass.
 
@@ -238,10 +255,12 @@ def _threshold(
     prefix = jnp.zeros((), udt)
     remaining = k  # how many still to select at or above the current prefix
     tied = jnp.zeros((), jnp.int32)
-    for shift in range(udt.itemsize * 8 - _DIGIT_BITS, -1, -_DIGIT_BITS):
+    for number, shift in enumerate(range(udt.itemsize * 8 - _DIGIT_BITS, -1, -_DIGIT_BITS), start=1):
         hist = histogram(shift, prefix)
         cum = jnp.cumsum(hist)
-        digit = jnp.minimum(jnp.searchsorted(cum, remaining, side="left"), _BINS - 1)
+        if on_pass is not None:  # runs once the histogram exists (it is the callback's operand)
+            jax.debug.callback(lambda _, number=number: on_pass(number), cum[-1])
+        digit = jnp.minimum(_count_below(cum, remaining), _BINS - 1)
         tied = hist[digit]
         remaining = remaining - (cum[digit] - tied)
         prefix = prefix | (digit.astype(udt) << np.array(shift, udt))
@@ -249,11 +268,15 @@ def _threshold(
 
 
 def _select_by_radix(
-    scores: list[Array], cands: list[Array | None], k: Array, to_keys: Callable[[Array], Array]
+    scores: list[Array],
+    cands: list[Array | None],
+    k: Array,
+    to_keys: Callable[[Array], Array],
+    on_pass: Callable[[int], None] | None = None,
 ) -> list[Array]:
     udt = jax.eval_shape(to_keys, scores[0][:1]).dtype
     threshold, remaining, tied = _threshold(
-        lambda shift, prefix: _histogram(scores, cands, to_keys, shift, prefix), udt, k
+        lambda shift, prefix: _histogram(scores, cands, to_keys, shift, prefix), udt, k, on_pass
     )
 
     def below_or_equal(_: None) -> list[Array]:
@@ -263,6 +286,12 @@ def _select_by_radix(
         return _select_with_tie_cut(scores, cands, to_keys, threshold, remaining)
 
     return lax.cond(remaining == tied, below_or_equal, cut_ties, None)
+
+
+def _count_below(ascending: Array, value: Array) -> Array:
+    """``searchsorted(ascending, value, side="left")`` as one vectorized count:
+    no loop, so many of them (one per leaf) compile quickly."""
+    return jnp.sum(ascending < value, dtype=jnp.int32)
 
 
 def _live(mask: Array, cand: Array | None) -> Array:
@@ -326,7 +355,7 @@ def _select_with_tie_cut(
         [_tie_row_counts(x, c, to_keys, threshold, n) for x, c, n in zip(scores, cands, lengths)]
     )
     cum = jnp.cumsum(counts)
-    cut_row = jnp.searchsorted(cum, remaining, side="left").astype(jnp.int32)
+    cut_row = _count_below(cum, remaining)
     cut_row = jnp.minimum(cut_row, counts.size - 1)
     in_row = remaining - (cum[cut_row] - counts[cut_row])  # ties to take in the cut row
 
@@ -338,7 +367,7 @@ def _select_with_tie_cut(
         row = to_keys(lax.dynamic_slice_in_dim(x, start, length)) == threshold
         if c is not None:
             row = row & lax.dynamic_slice_in_dim(c, start, length)
-        col = jnp.searchsorted(jnp.cumsum(row, dtype=jnp.int32), in_row, side="left").astype(jnp.int32)
+        col = _count_below(jnp.cumsum(row, dtype=jnp.int32), in_row)
         inside = (cut_row >= offset) & (cut_row < offset + n_rows)
         cut_col = jnp.where(inside, col, cut_col)
 
@@ -359,7 +388,11 @@ def _select_with_tie_cut(
 
 
 def _select_in_place(
-    scores: list[Array], cands: list[Array | None], k: Array, to_keys: Callable[[Array], Array]
+    scores: list[Array],
+    cands: list[Array | None],
+    k: Array,
+    to_keys: Callable[[Array], Array],
+    on_pass: Callable[[int], None] | None = None,
 ) -> list[Array]:
     """The radix select on arrays in their own shapes: no flattening, no
     slicing, so each pass is per-shard work plus one all-reduce."""
@@ -371,7 +404,7 @@ def _select_in_place(
             hist = _count_digits(hist, to_keys(x), c, shift, prefix)
         return hist
 
-    threshold, remaining, tied = _threshold(histogram, udt, k)
+    threshold, remaining, tied = _threshold(histogram, udt, k, on_pass)
 
     def below_or_equal(_: None) -> list[Array]:
         return [like(_live(to_keys(x) <= threshold, c), x) for x, c in zip(scores, cands)]
@@ -420,7 +453,7 @@ def _tie_cut_in_place(
 
     counts = jnp.concatenate([jnp.sum(ties(x, c), axis=-1, dtype=jnp.int32).ravel() for x, c in views])
     cum = jnp.cumsum(counts)
-    cut_row = jnp.minimum(jnp.searchsorted(cum, remaining, side="left").astype(jnp.int32), counts.size - 1)
+    cut_row = jnp.minimum(_count_below(cum, remaining), counts.size - 1)
     in_row = remaining - (cum[cut_row] - counts[cut_row])  # ties to take in the cut row
 
     row_ids, offset = [], 0
@@ -429,7 +462,7 @@ def _tie_cut_in_place(
         ids = _row_ids(x.shape[:-1], offset)
         n_rows = x.size // x.shape[-1]
         row = jnp.sum(ties(x, c) & (ids == cut_row)[..., None], axis=tuple(range(x.ndim - 1)), dtype=jnp.int32)
-        col = jnp.searchsorted(jnp.cumsum(row), in_row, side="left").astype(jnp.int32)
+        col = _count_below(jnp.cumsum(row), in_row)
         inside = (cut_row >= offset) & (cut_row < offset + n_rows)
         cut_col = jnp.where(inside, col, cut_col)
         row_ids.append(ids)
@@ -443,4 +476,144 @@ def _tie_cut_in_place(
         before_cut = (ids < cut_row) | ((ids == cut_row) & (col_ids <= cut_col))
         chosen = (keys < threshold) | ((keys == threshold) & before_cut & (remaining > 0))
         out.append(like(_live(chosen, c).reshape(orig.shape), orig))
+    return out
+
+
+# --------------------------------------------------------------------------
+# Leaf by leaf, outside jit (big trees of concrete arrays)
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranking:
+    """How :func:`select_lowest_by_leaf` makes a leaf's ranked values and keys.
+
+    ``draws``: the leaf's source is a PRNG key and its values are uint32 draws
+    of the leaf's shape. Otherwise the source is the scores array; the keys are
+    those of ``|scores|`` (``absolute``) cast to ``dtype`` (when given).
+    """
+
+    draws: bool = False
+    absolute: bool = False
+    dtype: np.dtype | None = None
+
+    def values(self, source: Array, shape: tuple[int, ...]) -> Array:
+        return jax.random.bits(source, shape, jnp.uint32) if self.draws else source
+
+    def keys(self, x: Array) -> Array:
+        if self.draws:
+            return sort_keys(x)
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        return sort_keys(jnp.abs(x) if self.absolute else x)
+
+
+@functools.partial(jax.jit, static_argnames=("ranking", "shape", "shift"))
+def _leaf_histogram(
+    source: Array, cand: Array | None, prefix: Array, *, ranking: Ranking, shape: tuple[int, ...], shift: int
+) -> Array:
+    x = ranking.values(source, shape)
+    if keeps_shapes():
+        return _count_digits(jnp.zeros(_BINS, jnp.int32), ranking.keys(x), cand, shift, prefix)
+    return _histogram([jnp.ravel(x)], [_ravel(cand)], ranking.keys, shift, prefix)
+
+
+@functools.partial(jax.jit, static_argnames=("ranking", "shape"))
+def _leaf_ties(source: Array, cand: Array | None, threshold: Array, *, ranking: Ranking, shape: tuple[int, ...]) -> Array:
+    keys = ranking.keys(ranking.values(source, shape))
+    return jnp.sum(_live(keys == threshold, cand), dtype=jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("ranking", "shape", "ties"))
+def _leaf_keep(
+    source: Array,
+    cand: Array | None,
+    threshold: Array,
+    remaining: Array,
+    *,
+    ranking: Ranking,
+    shape: tuple[int, ...],
+    ties: str,
+) -> Array:
+    """The keep-mask of one leaf: prune keys below ``threshold`` and, of the
+    keys equal to it, ``ties="all"``, ``"none"`` or ``"first"`` (the first
+    ``remaining`` by position)."""
+    x = ranking.values(source, shape)
+    if ties == "first":
+        if keeps_shapes():
+            selected = _tie_cut_in_place([x], [cand], ranking.keys, threshold, remaining)[0]
+        else:
+            flat = _select_with_tie_cut([jnp.ravel(x)], [_ravel(cand)], ranking.keys, threshold, remaining)[0]
+            selected = flat.reshape(shape)
+    else:
+        keys = ranking.keys(x)
+        selected = _live(keys <= threshold if ties == "all" else keys < threshold, cand)
+    keep = ~selected if cand is None else cand & ~selected
+    return like(keep, x)
+
+
+def select_lowest_by_leaf(
+    sources: Sequence[Array],
+    candidates: Sequence[Array | None],
+    k: int,
+    *,
+    ranking: Ranking,
+    shapes: Sequence[tuple[int, ...]],
+    on_pass: Callable[[int], None] | None = None,
+) -> list[Array]:
+    """:func:`select_lowest` for concrete inputs, one leaf at a time; returns
+    keep-masks (the candidates not selected).
+
+    The same radix passes, driven from the host: each pass runs one small
+    jitted kernel per leaf (compiled once per leaf shape, so a tree of
+    hundreds of leaves compiles in seconds, where tracing it whole takes
+    minutes) and adds up their histograms; only one leaf's temporaries exist
+    at a time. The result is bit for bit the traced path's.
+    """
+    shapes = [tuple(int(d) for d in s) for s in shapes]
+    sizes = [math.prod(s) for s in shapes]
+    live = [i for i, n in enumerate(sizes) if n]
+    out: list[Array] = [jnp.zeros(s, bool) for s in shapes]
+    if not live:
+        return out
+    if sum(sizes) <= SORT_MAX:
+        values = [ranking.values(sources[i], shapes[i]) for i in live]
+        selected = select_lowest(values, [candidates[i] for i in live], np.int32(k), to_keys=ranking.keys)
+        for i, sel in zip(live, selected):
+            c = candidates[i]
+            out[i] = ~sel if c is None else c & ~sel
+        return out
+    first = ranking.values(sources[live[0]], (1,)) if ranking.draws else sources[live[0]]
+    udt = jax.eval_shape(ranking.keys, jax.ShapeDtypeStruct((1,), first.dtype)).dtype
+    prefix, remaining, tied = 0, int(k), 0
+    for number, shift in enumerate(range(udt.itemsize * 8 - _DIGIT_BITS, -1, -_DIGIT_BITS), start=1):
+        total = None
+        for i in live:
+            h = _leaf_histogram(sources[i], candidates[i], np.asarray(prefix, udt), ranking=ranking,
+                                shape=shapes[i], shift=shift)
+            total = h if total is None else total + h
+        hist = np.asarray(total, np.int64)
+        cum = np.cumsum(hist)
+        digit = min(int(np.sum(cum < remaining)), _BINS - 1)
+        tied = int(hist[digit])
+        remaining -= int(cum[digit]) - tied
+        prefix |= digit << shift
+        if on_pass is not None:
+            on_pass(number)
+    threshold = np.asarray(prefix, udt)
+    left = remaining  # ties still to select, lowest positions first, in leaf order
+    for i in live:
+        if remaining == tied:  # every tie is selected: no leaf needs counting
+            ties = "all"
+        elif left == 0:
+            ties = "none"
+        else:
+            n = int(_leaf_ties(sources[i], candidates[i], threshold, ranking=ranking, shape=shapes[i]))
+            ties = "all" if n <= left else "first"
+        out[i] = _leaf_keep(sources[i], candidates[i], threshold, np.int32(left), ranking=ranking,
+                            shape=shapes[i], ties=ties)
+        if ties == "all" and remaining != tied:
+            left -= n
+        elif ties == "first":
+            left = 0
     return out

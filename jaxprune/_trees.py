@@ -9,8 +9,10 @@ changes another leaf's draws.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +22,15 @@ from jax import tree_util
 from . import _methods
 from ._amounts import CheckedAmount, check_amount, count_to_prune
 from ._errors import PruningShapeError
-from ._selection import like, select_lowest, sort_keys
+from ._selection import (
+    Ranking,
+    key_dtype,
+    like,
+    radix_passes,
+    select_lowest,
+    select_lowest_by_leaf,
+    sort_keys,
+)
 from ._typing import Amount, Array, ArrayLike, PRNGKey, PyTree
 
 
@@ -103,6 +113,7 @@ def global_unstructured(
     key: PRNGKey | None = None,
     importance_scores: PyTree | None = None,
     default_masks: PyTree | None = None,
+    progress: bool | Callable[[int, int], None] | None = None,
 ) -> PyTree:
     """Prune ``amount`` entries across every leaf of ``tree`` at once (torch's
     ``global_unstructured``), returning a mask tree of the same structure.
@@ -117,6 +128,11 @@ def global_unstructured(
         values) to rank instead of the parameters (``"l1"`` only).
       default_masks: keep-masks of earlier pruning (None for a leaf = all
         kept); the amount applies to the entries they keep.
+      progress: for long calls outside ``jit``: a callable ``(done, total)``
+        called after each pass over the tree (two selection passes for 32-bit
+        scores, four for 64-bit, then the masks), or True to log those lines
+        to the ``"jaxprune"`` logger at INFO. Reuse one callable: it is part of
+        the compiled function's identity.
 
     Returns:
       A tree of bool masks. Exactly ``k`` entries are pruned in total; ties go
@@ -128,9 +144,20 @@ def global_unstructured(
     >>> masks = jp.global_unstructured(params, amount=4)
     >>> masks["n"]
     Array([[False, False,  True]], dtype=bool)
+    >>> big = {"w": jnp.arange(8192.0)}
+    >>> _ = jp.global_unstructured(big, 0.5, progress=lambda done, total: print(f"pass {done}/{total}"))
+    pass 1/3
+    pass 2/3
+    pass 3/3
     """
     if method not in ("l1", "random"):
         raise ValueError(f"method must be 'l1' or 'random', got {method!r}")
+    if progress is True:
+        progress = _log_progress
+    elif progress is False:
+        progress = None
+    elif progress is not None and not callable(progress):
+        raise TypeError(f"progress must be None, a bool or a callable (done, total), got {progress!r}")
     checked = check_amount(amount)
     named = _leaves_with_paths(tree)
     if not named:
@@ -144,8 +171,20 @@ def global_unstructured(
         key=key,
         importance_scores=_align(tree, importance_scores, "importance_scores"),
         default_masks=_align(tree, default_masks, "default_masks"),
+        progress=progress,
     )
     return jax.tree.unflatten(jax.tree.structure(tree), out)
+
+
+_logger = logging.getLogger("jaxprune")
+
+
+def _log_progress(done: int, total: int) -> None:
+    _logger.info("global_unstructured: pass %d/%d done", done, total)
+
+
+def _pass_done(progress: Callable[[int, int], None], total: int, number: int) -> None:
+    progress(number, total)
 
 
 def global_masks(
@@ -157,6 +196,7 @@ def global_masks(
     key: PRNGKey | None,
     importance_scores: Sequence[ArrayLike | None],
     default_masks: Sequence[ArrayLike | None],
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[Array]:
     """Global pruning over explicit lists (the leaves in ranking order, with their paths)."""
     leaves = [_methods.as_tensor(leaf, f"leaf {path!r}") for path, leaf in zip(paths, leaves)]
@@ -188,18 +228,43 @@ def global_masks(
     for leaf, mask in zip(leaves, masks):
         units = units + _methods.count_units(mask, leaf.size)
     k = _methods._as_k(count_to_prune(amount, units))
-    return _global_keep(scores, keys, masks, k, None if scores is not None else leaves)
+    arrays = [*leaves, *(m for m in masks if m is not None), *(scores or []), *(keys or ()), k]
+    if any(_methods.is_traced(x) for x in arrays):  # inside the caller's jit: one traced selection
+        return _global_keep(scores, keys, masks, k, None if scores is not None else leaves, progress)
+    # Concrete arrays: leaf by leaf, one small compiled kernel per leaf shape.
+    if scores is None:
+        ranking, sources = Ranking(draws=True), list(keys)
+    else:
+        dtype = np.dtype(jnp.result_type(*[s.dtype for s in scores]))
+        ranking, sources = Ranking(absolute=True, dtype=dtype), scores
+    total = _passes(leaves, scores) + 1
+    on_pass = None if progress is None else functools.partial(_pass_done, progress, total)
+    out = select_lowest_by_leaf(sources, masks, int(k), ranking=ranking, shapes=[leaf.shape for leaf in leaves],
+                                on_pass=on_pass)
+    if progress is not None:
+        out = jax.block_until_ready(out)
+        progress(total, total)
+    return out
 
 
-@jax.jit
+def _passes(leaves: Sequence[Array], scores: list[Array] | None) -> int:
+    dtype = np.uint32 if scores is None else key_dtype(jnp.result_type(*[s.dtype for s in scores]))
+    return radix_passes([leaf.size for leaf in leaves], dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("progress",))
 def _global_keep(
     scores: list[Array] | None,
     keys: tuple[PRNGKey, ...] | None,
     masks: list[Array | None],
     k: Array,
     leaves: list[Array] | None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[Array]:
     # For random ranking, ``leaves`` give the draws their shapes and shardings.
+    on_pass = None
+    if progress is not None:
+        on_pass = functools.partial(_pass_done, progress, _passes(leaves if leaves is not None else scores, scores) + 1)
     if scores is None:
         ranked = [like(jax.random.bits(kk, x.shape, jnp.uint32), x) for kk, x in zip(keys, leaves)]
         to_keys = sort_keys
@@ -210,7 +275,7 @@ def _global_keep(
         def to_keys(s: Array) -> Array:
             return sort_keys(jnp.abs(s.astype(dtype)))
 
-    selected = select_lowest(ranked, masks, k, to_keys=to_keys)
+    selected = select_lowest(ranked, masks, k, to_keys=to_keys, on_pass=on_pass)
     out = []
     for sel, mask in zip(selected, masks):
         out.append(~sel if mask is None else ~sel & mask)
