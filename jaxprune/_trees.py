@@ -239,8 +239,7 @@ def global_masks(
         ranking, sources = Ranking(absolute=True, dtype=dtype), scores
     total = _passes(leaves, scores) + 1
     on_pass = None if progress is None else functools.partial(_pass_done, progress, total)
-    out = select_lowest_by_leaf(sources, masks, int(k), ranking=ranking, shapes=[leaf.shape for leaf in leaves],
-                                on_pass=on_pass)
+    out = select_lowest_by_leaf(sources, leaves, masks, int(k), ranking=ranking, on_pass=on_pass)
     if progress is not None:
         out = jax.block_until_ready(out)
         progress(total, total)

@@ -991,20 +991,15 @@ def main(argv: list[str] | None = None) -> int:
             args = parser.parse_args(argv)
         except SystemExit as exit_:  # --help, --version
             return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
-        if args.command == "prune":
-            doc = _prune(args)
-            if args.json:
-                print(json.dumps(doc, indent=2))
-            else:
-                _print_prune(doc)
-        elif args.command == "report":
-            doc = _report(args)
-            if args.json:
-                print(json.dumps(doc, indent=2))
-            else:
-                _print_report(doc)
-        else:
+        if args.command == "demo":
             _demo(args)
+        else:
+            run, show = (_prune, _print_prune) if args.command == "prune" else (_report, _print_report)
+            doc = run(args)
+            if args.json:
+                print(json.dumps(doc, indent=2))
+            else:
+                show(doc)
     except (CliError, _UsageError) as err:
         return _fail(str(err))
     except OSError as err:

@@ -140,9 +140,9 @@ def test_leaf_by_leaf_selection_matches_the_reference(path):
         cands = [None if (trial + i) % 2 else rng.random(s) < 0.75 for i, s in enumerate(shapes)]
         total = sum(int(np.prod(s)) if c is None else int(c.sum()) for s, c in zip(shapes, cands))
         for k in sorted({0, 1, total // 3, total // 2, total - 1, total}):
+            arrays = [jnp.asarray(s) for s in scores]
             keep = _selection.select_lowest_by_leaf(
-                [jnp.asarray(s) for s in scores], [None if c is None else jnp.asarray(c) for c in cands], k,
-                ranking=_selection.Ranking(), shapes=shapes)
+                arrays, arrays, [None if c is None else jnp.asarray(c) for c in cands], k, ranking=_selection.Ranking())
             for got, ref, c, s in zip(keep, reference(scores, cands, k), cands, shapes):
                 expected = ~ref.reshape(s) if c is None else c & ~ref.reshape(s)
                 np.testing.assert_array_equal(np.asarray(got), expected, err_msg=f"trial {trial} k {k}")
@@ -152,7 +152,8 @@ def test_leaf_by_leaf_random_draws_equal_the_traced_draws(path):
     keys = [jax.random.key(i) for i in range(3)]
     shapes = [(40, 50), (7,), (30, 3, 3)]
     ranking = _selection.Ranking(draws=True)
-    keep = _selection.select_lowest_by_leaf(keys, [None] * 3, 1234, ranking=ranking, shapes=shapes)
+    leaves = [jnp.zeros(s) for s in shapes]
+    keep = _selection.select_lowest_by_leaf(keys, leaves, [None] * 3, 1234, ranking=ranking)
     draws = [jax.random.bits(k, s, jnp.uint32) for k, s in zip(keys, shapes)]
     traced = jax.jit(lambda d: select_lowest(d, [None] * 3, jnp.int32(1234)))(draws)
     for got, sel in zip(keep, traced):
