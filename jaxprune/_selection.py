@@ -159,11 +159,8 @@ def select_lowest(
     if sum(x.size for x in xs) <= SORT_MAX:
         flat = _select_by_sort([to_keys(jnp.ravel(x)) for x in xs], [_ravel(c) for c in cs], k)
         selected = [sel.reshape(x.shape) for sel, x in zip(flat, xs)]
-    elif keeps_shapes():
-        selected = _select_by_radix(xs, cs, k, to_keys, on_pass, in_place=True)
     else:
-        flat = _select_by_radix([jnp.ravel(x) for x in xs], [_ravel(c) for c in cs], k, to_keys, on_pass)
-        selected = [sel.reshape(x.shape) for sel, x in zip(flat, xs)]
+        selected = _select_by_radix(xs, cs, k, to_keys, on_pass)
     for i, sel in zip(nonempty, selected):
         out[i] = sel
     return out
@@ -172,7 +169,7 @@ def select_lowest(
 def radix_passes(sizes: Sequence[int], key_dtype: np.dtype) -> int:
     """How many histogram passes :func:`select_lowest` makes over inputs of
     these sizes with keys of ``key_dtype`` (0: they take the sort path)."""
-    if sum(sizes) == 0 or sum(sizes) <= SORT_MAX:
+    if sum(sizes) <= SORT_MAX:
         return 0
     return np.dtype(key_dtype).itemsize * 8 // _DIGIT_BITS
 
@@ -224,11 +221,19 @@ def _histogram(
     shift: int,
     prefix: Array,
 ) -> Array:
-    """The digit histogram of flat arrays, read in chunks of CHUNK values
-    inside a loop, so only one chunk's keys and digits exist at a time (and
-    XLA:CPU scatters a chunk faster than a whole array)."""
+    """The digit histogram of the arrays.
+
+    Where arrays keep their shapes (:func:`keeps_shapes`), one scatter per
+    array. Otherwise each array is read flat, in chunks of CHUNK values inside
+    a loop, so only one chunk's keys and digits exist at a time (and XLA:CPU
+    scatters a chunk faster than a whole array).
+    """
     hist = jnp.zeros(_BINS, jnp.int32)
     for x, c in zip(scores, cands):
+        if keeps_shapes():
+            hist = _count_digits(hist, to_keys(x), c, shift, prefix)
+            continue
+        x, c = jnp.ravel(x), _ravel(c)
         full = x.size // CHUNK
         if full:
 
@@ -278,32 +283,37 @@ def _select_by_radix(
     k: Array,
     to_keys: Callable[[Array], Array],
     on_pass: Callable[[int], None] | None = None,
-    *,
-    in_place: bool = False,
 ) -> list[Array]:
-    """The radix select over flat arrays read in chunks or, ``in_place``, over
-    arrays in their own shapes (no flattening, no slicing: each pass is
-    per-shard work plus one all-reduce)."""
+    """The radix select: the histogram passes, then one mask per array (the
+    tie cut only when ties straddle the k-th key)."""
     udt = jax.eval_shape(to_keys, jax.ShapeDtypeStruct((1,), scores[0].dtype)).dtype
-
-    def histogram(shift: int, prefix: Array) -> Array:
-        if not in_place:
-            return _histogram(scores, cands, to_keys, shift, prefix)
-        hist = jnp.zeros(_BINS, jnp.int32)
-        for x, c in zip(scores, cands):
-            hist = _count_digits(hist, to_keys(x), c, shift, prefix)
-        return hist
-
-    threshold, remaining, tied = _threshold(histogram, udt, k, on_pass)
+    threshold, remaining, tied = _threshold(
+        functools.partial(_histogram, scores, cands, to_keys), udt, k, on_pass
+    )
 
     def below_or_equal(_: None) -> list[Array]:
         return [like(_live(to_keys(x) <= threshold, c), x) for x, c in zip(scores, cands)]
 
     def cut_ties(_: None) -> list[Array]:
-        cut = _tie_cut_in_place if in_place else _select_with_tie_cut
-        return cut(scores, cands, to_keys, threshold, remaining)
+        return _tie_cut(scores, cands, to_keys, threshold, remaining)
 
     return lax.cond(remaining == tied, below_or_equal, cut_ties, None)
+
+
+def _tie_cut(
+    scores: list[Array],
+    cands: list[Array | None],
+    to_keys: Callable[[Array], Array],
+    threshold: Array,
+    remaining: Array,
+) -> list[Array]:
+    """Select keys below ``threshold`` plus the first ``remaining`` equal ones
+    (by position), in the arrays' shapes, on the path :func:`keeps_shapes` picks."""
+    if keeps_shapes():
+        return _tie_cut_in_place(scores, cands, to_keys, threshold, remaining)
+    flat = _select_with_tie_cut([jnp.ravel(x) for x in scores], [_ravel(c) for c in cands], to_keys,
+                                threshold, remaining)
+    return [sel.reshape(x.shape) for sel, x in zip(flat, scores)]
 
 
 def _count_below(ascending: Array, value: Array) -> Array:
@@ -503,10 +513,7 @@ class Ranking:
 def _leaf_histogram(
     source: Array, leaf: Array, cand: Array | None, prefix: Array, *, ranking: Ranking, shift: int
 ) -> Array:
-    x = ranking.values(source, leaf)
-    if keeps_shapes():
-        return _count_digits(jnp.zeros(_BINS, jnp.int32), ranking.keys(x), cand, shift, prefix)
-    return _histogram([jnp.ravel(x)], [_ravel(cand)], ranking.keys, shift, prefix)
+    return _histogram([ranking.values(source, leaf)], [cand], ranking.keys, shift, prefix)
 
 
 @functools.partial(jax.jit, static_argnames=("ranking",))
@@ -531,11 +538,7 @@ def _leaf_keep(
     ``remaining`` by position)."""
     x = ranking.values(source, leaf)
     if ties == "first":
-        if keeps_shapes():
-            selected = _tie_cut_in_place([x], [cand], ranking.keys, threshold, remaining)[0]
-        else:
-            flat = _select_with_tie_cut([jnp.ravel(x)], [_ravel(cand)], ranking.keys, threshold, remaining)[0]
-            selected = flat.reshape(leaf.shape)
+        selected = _tie_cut([x], [cand], ranking.keys, threshold, remaining)[0]
     else:
         keys = ranking.keys(x)
         selected = _live(keys <= threshold if ties == "all" else keys < threshold, cand)
@@ -563,7 +566,8 @@ def select_lowest_by_leaf(
     themselves for L1). The result is bit for bit the traced path's.
     """
     live = [i for i, leaf in enumerate(leaves) if leaf.size]
-    out: list[Array] = [jnp.zeros(leaf.shape, bool) for leaf in leaves]
+    # Eager arrays are real buffers: only empty leaves get their (empty) mask now.
+    out: list[Array | None] = [None if leaf.size else jnp.zeros(leaf.shape, bool) for leaf in leaves]
     if not live:
         return out
     if sum(leaves[i].size for i in live) <= SORT_MAX:
@@ -575,22 +579,15 @@ def select_lowest_by_leaf(
         return out
     value_dtype = jnp.uint32 if ranking.draws else sources[live[0]].dtype
     udt = jax.eval_shape(ranking.keys, jax.ShapeDtypeStruct((1,), value_dtype)).dtype
-    prefix, remaining, tied = 0, int(k), 0
-    for number, shift in enumerate(range(udt.itemsize * 8 - _DIGIT_BITS, -1, -_DIGIT_BITS), start=1):
-        total = None
-        for i in live:
-            h = _leaf_histogram(sources[i], leaves[i], candidates[i], np.asarray(prefix, udt), ranking=ranking,
-                                shift=shift)
-            total = h if total is None else total + h
-        hist = np.asarray(total, np.int64)
-        cum = np.cumsum(hist)
-        digit = min(int(np.sum(cum < remaining)), _BINS - 1)
-        tied = int(hist[digit])
-        remaining -= int(cum[digit]) - tied
-        prefix |= digit << shift
-        if on_pass is not None:
-            on_pass(number)
-    threshold = np.asarray(prefix, udt)
+
+    def histogram(shift: int, prefix: Array) -> Array:
+        hists = [_leaf_histogram(sources[i], leaves[i], candidates[i], prefix, ranking=ranking, shift=shift)
+                 for i in live]
+        return functools.reduce(jnp.add, hists)
+
+    # The traced path's passes, run eagerly: each leaf kernel is compiled on its own.
+    threshold, remaining, tied = _threshold(histogram, udt, jnp.int32(k), on_pass)
+    remaining, tied = int(remaining), int(tied)
     left = remaining  # ties still to select, lowest positions first, in leaf order
     for i in live:
         if remaining == tied:  # every tie is selected: no leaf needs counting

@@ -29,7 +29,6 @@ from ._selection import (
     radix_passes,
     select_lowest,
     select_lowest_by_leaf,
-    sort_keys,
 )
 from ._typing import Amount, Array, ArrayLike, PRNGKey, PyTree
 
@@ -228,16 +227,16 @@ def global_masks(
     for leaf, mask in zip(leaves, masks):
         units = units + _methods.count_units(mask, leaf.size)
     k = _methods._as_k(count_to_prune(amount, units))
-    arrays = [*leaves, *(m for m in masks if m is not None), *(scores or []), *(keys or ()), k]
-    if any(_methods.is_traced(x) for x in arrays):  # inside the caller's jit: one traced selection
-        return _global_keep(scores, keys, masks, k, None if scores is not None else leaves, progress)
-    # Concrete arrays: leaf by leaf, one small compiled kernel per leaf shape.
-    if scores is None:
+    if scores is None:  # random: each leaf's source is its key, its values uint32 draws
         ranking, sources = Ranking(draws=True), list(keys)
     else:
-        dtype = np.dtype(jnp.result_type(*[s.dtype for s in scores]))
-        ranking, sources = Ranking(absolute=True, dtype=dtype), scores
-    total = _passes(leaves, scores) + 1
+        ranking = Ranking(absolute=True, dtype=np.dtype(jnp.result_type(*[s.dtype for s in scores])))
+        sources = scores
+    total = _passes(leaves, ranking) + 1
+    if any(_methods.is_traced(x) for x in [*leaves, *(m for m in masks if m is not None), *sources, k]):
+        # Inside the caller's jit: one traced selection.
+        return _global_keep(sources, leaves, masks, k, ranking=ranking, progress=progress, total=total)
+    # Concrete arrays: leaf by leaf, one small compiled kernel per leaf shape.
     on_pass = None if progress is None else functools.partial(_pass_done, progress, total)
     out = select_lowest_by_leaf(sources, leaves, masks, int(k), ranking=ranking, on_pass=on_pass)
     if progress is not None:
@@ -246,39 +245,26 @@ def global_masks(
     return out
 
 
-def _passes(leaves: Sequence[Array], scores: list[Array] | None) -> int:
-    dtype = np.uint32 if scores is None else key_dtype(jnp.result_type(*[s.dtype for s in scores]))
+def _passes(leaves: Sequence[Array], ranking: Ranking) -> int:
+    dtype = np.uint32 if ranking.draws else key_dtype(ranking.dtype)
     return radix_passes([leaf.size for leaf in leaves], dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("progress",))
+@functools.partial(jax.jit, static_argnames=("ranking", "progress", "total"))
 def _global_keep(
-    scores: list[Array] | None,
-    keys: tuple[PRNGKey, ...] | None,
+    sources: list[Array],
+    leaves: list[Array],
     masks: list[Array | None],
     k: Array,
-    leaves: list[Array] | None,
-    progress: Callable[[int, int], None] | None = None,
+    *,
+    ranking: Ranking,
+    progress: Callable[[int, int], None] | None,
+    total: int,
 ) -> list[Array]:
-    # For random ranking, ``leaves`` give the draws their shapes and shardings.
-    on_pass = None
-    if progress is not None:
-        on_pass = functools.partial(_pass_done, progress, _passes(leaves if leaves is not None else scores, scores) + 1)
-    if scores is None:
-        ranked = [like(jax.random.bits(kk, x.shape, jnp.uint32), x) for kk, x in zip(keys, leaves)]
-        to_keys = sort_keys
-    else:
-        ranked = scores
-        dtype = jnp.result_type(*[s.dtype for s in scores])
-
-        def to_keys(s: Array) -> Array:
-            return sort_keys(jnp.abs(s.astype(dtype)))
-
-    selected = select_lowest(ranked, masks, k, to_keys=to_keys, on_pass=on_pass)
-    out = []
-    for sel, mask in zip(selected, masks):
-        out.append(~sel if mask is None else ~sel & mask)
-    return out
+    on_pass = None if progress is None else functools.partial(_pass_done, progress, total)
+    ranked = [ranking.values(source, leaf) for source, leaf in zip(sources, leaves)]
+    selected = select_lowest(ranked, masks, k, to_keys=ranking.keys, on_pass=on_pass)
+    return [~sel if mask is None else ~sel & mask for sel, mask in zip(selected, masks)]
 
 
 def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
