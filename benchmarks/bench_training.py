@@ -1,6 +1,6 @@
 """What ``jp.pruning`` costs in a jitted training step, and how often the step compiles.
 
-(a) Step time. For two models, the digits CNN of ``examples/prune_digits.py``
+(a) Step time. For two models, the digits CNN of ``jaxprune.demo`` (``jaxprune demo``)
 (batch 64 of real digits) and an MLP 784-2048-2048-10 (batch 256, random
 data), one jitted training step (``value_and_grad`` + ``tx.update`` +
 ``optax.apply_updates``, params and optimizer state donated) with three
@@ -52,7 +52,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import flax
@@ -63,11 +62,9 @@ import optax
 from jax import lax
 
 import jaxprune as jp
+from jaxprune import demo as prune_digits  # the demo's model, loss and data
 
 from _machine import describe
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import prune_digits  # noqa: E402  (the example's model, loss and data)
 
 RULES = {"*.kernel": jp.L1Unstructured}
 LR = 1e-3
