@@ -331,8 +331,9 @@ def read_checkpoint(path: str) -> Checkpoint:
     >>> import os, tempfile, numpy as np, ml_dtypes
     >>> path = os.path.join(tempfile.mkdtemp(), "w.safetensors")
     >>> write_checkpoint(path, {"w": np.array([1.5, 0.0], ml_dtypes.bfloat16)})
-    >>> read_checkpoint(path).tensors["w"]
-    array([1.5, 0], dtype=bfloat16)
+    >>> w = read_checkpoint(path).tensors["w"]
+    >>> w.dtype.name, w.tolist()
+    ('bfloat16', [1.5, 0.0])
     """
     fmt = _format_of(path, "input")
     if not os.path.exists(path):
