@@ -27,7 +27,8 @@ import numpy as np
 
 import jaxprune as jp
 from jaxprune._amounts import check_amount
-from jaxprune._rules import GlobalUnstructured, global_group, match_patterns
+from jaxprune._plan import match_patterns
+from jaxprune._rules import GlobalUnstructured, global_group
 from jaxprune._trees import global_masks, leaf_key
 
 from ._tensors import _torch, to_jax, to_torch

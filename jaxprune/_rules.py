@@ -12,7 +12,6 @@ runs when the rules are resolved, before any tracing.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Union
 
@@ -22,6 +21,7 @@ import numpy as np
 
 from . import _methods
 from ._amounts import check_amount
+from ._plan import match_patterns
 from ._specs import PruningMethod
 from ._trees import _align, _leaves_with_paths, global_masks, leaf_key
 from ._typing import Amount, Array, PRNGKey, PyTree
@@ -114,33 +114,6 @@ def global_group(rule: Any, pattern: str | None) -> tuple[str | None, Any]:
     """The group a global rule's leaf joins: its ``group`` name, else its pattern."""
     name = getattr(rule, "group", None)
     return (pattern, rule) if name is None else (name, dataclasses.replace(rule, group=None))
-
-
-def match_patterns(names: Sequence[str], rules: Mapping[str, Any]) -> list[tuple[int, str, Any]]:
-    """``(index, pattern, value)`` for each name that a pattern matches (the
-    first matching pattern in ``rules``' order wins).
-
-    Raises ``ValueError`` for a pattern that matches no name, or whose every
-    match an earlier pattern already took (it could never apply).
-    """
-    for pattern in rules:
-        if not isinstance(pattern, str):
-            raise TypeError(f"rule patterns must be strings, got {pattern!r}")
-    chosen, won, matched = [], set(), set()
-    for index, name in enumerate(names):
-        hits = [p for p in rules if fnmatch.fnmatchcase(name, p)]
-        matched.update(hits)
-        if hits:
-            won.add(hits[0])
-            chosen.append((index, hits[0], rules[hits[0]]))
-    shown = ", ".join(repr(n) for n in names[:8]) + (", ..." if len(names) > 8 else "")
-    for pattern in rules:
-        if pattern not in matched:
-            raise ValueError(f"rule pattern {pattern!r} matches no parameter; the paths are: {shown or '(none)'}")
-        if pattern not in won:
-            raise ValueError(f"rule pattern {pattern!r} never applies: every parameter it matches is taken by "
-                             "an earlier pattern (the first matching pattern wins); reorder the rules")
-    return chosen
 
 
 def _key_path(a: Assignment) -> str:
