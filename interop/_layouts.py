@@ -35,9 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxprune as jp
-from jaxprune._rules import GlobalUnstructured
 
-from ._modules import Rules, _resolve, prunable_parameters
+from ._modules import Rules, plan_module, prunable_parameters
 from ._tensors import _torch, to_jax, to_torch
 
 if TYPE_CHECKING:
@@ -267,43 +266,109 @@ def flax_dim(module: torch.nn.Module, name: str, dim: int, *, names: Mapping[str
 class TorchLayout(jp.PruningMethod):
     """Prune a Flax leaf exactly as its torch parameter: move it to torch's
     layout, apply ``method`` there (drawing from ``key_path``'s key, the torch
-    name), move the mask back. Made by :func:`flax_rules`."""
+    name), move the mask back. Made by :func:`flax_rules`.
 
-    method: Any
+    A method in its own right: its units, amount, randomness and extra inputs
+    are ``method``'s (an extra input of the leaf's shape, such as gradients,
+    is moved to torch's layout too), so ``jp.prune_tree`` and ``jp.pruning``
+    take it like any other.
+
+    >>> import jax.numpy as jnp, jaxprune as jp
+    >>> from jaxprune import interop
+    >>> rule = interop.TorchLayout(jp.LnStructured(1, n=2, dim=0), perm=(1, 0), key_path="fc.weight")
+    >>> kernel = jnp.array([[1.0, 5.0, 0.1], [1.0, 5.0, 0.1]])  # Flax (in, out); torch dim 0 = outputs
+    >>> rule.compute_mask(None, kernel)
+    Array([[ True,  True, False],
+           [ True,  True, False]], dtype=bool)
+    >>> rule.unit, rule.units(kernel.shape), rule.with_amount(2).method
+    ('slices', 3, LnStructured(amount=2, n=2, dim=0))
+    """
+
+    method: jp.PruningMethod
     perm: tuple[int, ...]
     key_path: str
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.method, jp.PruningMethod):
+            raise TypeError(f"TorchLayout.method must be a jaxprune method, got {self.method!r}")
+        if self.method.group_of(None) is not None:
+            raise ValueError(f"TorchLayout cannot wrap {self.method!r}, which ranks several leaves together")
+
     @property
-    def PRUNING_TYPE(self) -> str:  # noqa: N802 - torch's attribute name
-        return self.method.PRUNING_TYPE
+    def unit(self) -> str:  # type: ignore[override]
+        return self.method.unit
+
+    @property
+    def is_random(self) -> bool:  # type: ignore[override]
+        return self.method.is_random
+
+    @property
+    def extra_args(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.method.extra_args
+
+    @property
+    def key_name(self) -> str:
+        return self.key_path
+
+    @property
+    def has_amount(self) -> bool:
+        return self.method.has_amount
 
     @property
     def amount(self) -> Any:
-        return self.method.amount
+        """``method``'s amount."""
+        return self.method.amount  # type: ignore[attr-defined]
 
-    def compute_mask(self, key: jax.Array | None, t: Any, default_mask: Any = None) -> jax.Array:
-        place = Placement("params", (), self.perm)
-        t_torch = place.to_torch_layout(jnp.asarray(t))
+    def with_amount(self, amount: Any) -> TorchLayout:
+        return dataclasses.replace(self, method=self.method.with_amount(amount))
+
+    def _torch_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(shape[i] for i in np.argsort(self.perm)) if self.perm else tuple(shape)
+
+    def units(self, shape: tuple[int, ...]) -> int:
+        return self.method.units(self._torch_shape(shape))
+
+    def pruned_units(self, mask: jax.Array) -> jax.Array:
+        return self.method.pruned_units(self._place.to_torch_layout(mask))
+
+    def check_leaf(self, shape: tuple[int, ...]) -> None:
+        if len(shape) != len(self.perm) and self.perm:
+            raise ValueError(f"the leaf has {len(shape)} dims, its torch layout {len(self.perm)}")
+        self.method.check_leaf(self._torch_shape(shape))
+
+    @property
+    def _place(self) -> Placement:
+        return Placement("params", (), self.perm)
+
+    def compute_mask(self, key: jax.Array | None, t: Any, default_mask: Any = None, **extra: Any) -> jax.Array:
+        place = self._place
+        t = jnp.asarray(t)
+        t_torch = place.to_torch_layout(t)
         dm = None if default_mask is None else place.to_torch_layout(jnp.asarray(default_mask))
-        return place.to_flax(self.method.compute_mask(key, t_torch, dm))
+        moved = {name: place.to_torch_layout(jnp.asarray(v)) if jnp.shape(v) == t.shape else v
+                 for name, v in extra.items()}
+        return place.to_flax(self.method.compute_mask(key, t_torch, dm, **moved))
 
 
 def flax_rules(rules: Rules, module: torch.nn.Module, *, names: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Rules for ``torch_to_flax(module)["params"]`` equivalent to ``rules`` for
     ``prune_module(key, module, rules)``: ``jp.prune_tree(key, params, flax_rules(...))``
     then gives the same masks (in Flax layout) for every method, random ones
-    included. ``jp.GlobalUnstructured("l1")`` rules carry over as they are
+    included. The result also serves ``jp.pruning`` (write the torch rules
+    with method classes or amount 0: the schedule sets the amount).
+    ``jp.GlobalUnstructured(amount)`` rules ranked by L1 carry over as they are
     (same masks unless magnitudes tie across tensors); a random global rule
     cannot (its draws follow the tree order) and raises ``ValueError``.
     """
     place = placements(module, names)
     out: dict[str, Any] = {}
-    for name, spec, pattern in _resolve(module, rules):
+    for a in plan_module(module, rules, factory_amount=0).assignments:
+        name, spec, pattern = a.path, a.method, a.pattern
         if name not in place:
             raise ValueError(f"flax_rules: {name!r} has no Flax counterpart")
         flax_path = ".".join(place[name].path)
-        if isinstance(spec, GlobalUnstructured):
-            if spec.method != "l1":
+        if isinstance(spec, jp.GlobalUnstructured):
+            if spec.is_random:
                 raise ValueError("flax_rules: a random GlobalUnstructured rule cannot be reproduced across layouts")
             # Keep torch's grouping: the torch pattern names the group.
             group = spec.group or (f"torch:{pattern}" if pattern else f"torch:{spec!r}")

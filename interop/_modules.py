@@ -23,13 +23,11 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import jaxprune as jp
-from jaxprune._amounts import check_amount
-from jaxprune._plan import match_patterns
-from jaxprune._rules import GlobalUnstructured, global_group
-from jaxprune._trees import global_masks, leaf_key
+from jaxprune._plan import Plan, check_key_for, compute_masks, plan
 
 from ._tensors import _torch, to_jax, to_torch
 
@@ -69,31 +67,25 @@ def _current(sub: torch.nn.Module, name: str) -> tuple[torch.Tensor, torch.Tenso
     return sub._parameters[name], None
 
 
-def _resolve(module: torch.nn.Module, rules: Rules) -> list[tuple[str, Any, str | None]]:
+def plan_module(module: torch.nn.Module, rules: Rules, *, factory_amount: Any = None) -> Plan:
+    """The planner's plan of ``rules`` over ``prunable_parameters(module)``
+    (paths are the torch names; a callable rule gets ``(name, tensor)``)."""
     params = prunable_parameters(module)
-    chosen: list[tuple[str, Any, str | None]] = []
-    if isinstance(rules, Mapping):
-        names = list(params)
-        for index, pattern, spec in match_patterns(names, rules):
-            if spec is not None:
-                chosen.append((names[index], spec, pattern))
-    elif callable(rules):
-        for name, (sub, attr) in params.items():
-            spec = rules(name, _current(sub, attr)[0])
-            if spec is not None:
-                chosen.append((name, spec, None))
-    else:
-        raise TypeError(f"rules must be a dict of pattern -> spec or a callable (name, tensor) -> spec, got {rules!r}")
-    out = []
-    for name, spec, pattern in chosen:
-        where = f"rule {pattern!r} for {name!r}" if pattern else f"rule for {name!r}"
-        if not isinstance(spec, (jp.PruningMethod, GlobalUnstructured)):
-            raise TypeError(f"{where}: expected a jaxprune method spec (e.g. jp.L1Unstructured(0.3)), got {spec!r}")
-        tensor = _current(*params[name])[0]
-        if not tensor.dtype.is_floating_point:
-            raise TypeError(f"{where}: only floating parameters can be pruned, got {tensor.dtype}")
-        out.append((name, spec, pattern))
-    return out
+    tensors = {name: _current(sub, attr)[0] for name, (sub, attr) in params.items()}
+    named = [(name, jax.ShapeDtypeStruct(tuple(t.shape), _jax_dtype(t.dtype))) for name, t in tensors.items()]
+    if callable(rules) and not isinstance(rules, Mapping):
+        torch_rules = rules
+        return plan(named, lambda name, _: torch_rules(name, tensors[name]), factory_amount=factory_amount)
+    return plan(named, rules, factory_amount=factory_amount)
+
+
+def _jax_dtype(dtype: torch.dtype) -> np.dtype:
+    """The NumPy/JAX dtype of a torch dtype (``object`` for one JAX lacks, which
+    the planner then refuses as not floating)."""
+    try:
+        return jnp.dtype(str(dtype).removeprefix("torch."))
+    except TypeError:
+        return np.dtype(object)
 
 
 def compute_module_masks(
@@ -105,34 +97,30 @@ def compute_module_masks(
 ) -> dict[str, jax.Array]:
     """The masks ``prune_module`` would install, as ``{name: bool jax array}``; the module is not touched."""
     params = prunable_parameters(module)
-    chosen = _resolve(module, rules)
+    p = plan_module(module, rules)
+    if key is not None:
+        key = jp._methods.check_key(key)
+    check_key_for(p, key)
     importance_scores = dict(importance_scores or {})
-    unknown = set(importance_scores) - {name for name, _, _ in chosen}
+    unknown = set(importance_scores) - {a.path for a in p.assignments}
     if unknown:
         raise ValueError(f"importance_scores for parameters no rule prunes: {sorted(unknown)}")
-    masks: dict[str, jax.Array] = {}
-    groups: dict[tuple[str | None, GlobalUnstructured], list[str]] = {}
-    inputs: dict[str, tuple[jax.Array, jax.Array | None]] = {}
-    for name, spec, pattern in chosen:
-        sub, attr = params[name]
-        tensor, mask = _current(sub, attr)
-        scores = importance_scores.get(name, tensor)
-        if tuple(scores.shape) != tuple(tensor.shape):
-            raise jp.PruningShapeError(f"importance_scores[{name!r}] has shape {tuple(scores.shape)}, "
+    names = list(params)
+    leaves: list[jax.Array | None] = [None] * len(names)
+    scores: list[jax.Array | None] = [None] * len(names)
+    default_masks: list[jax.Array | None] = [None] * len(names)
+    for a in p.assignments:
+        tensor, mask = _current(*params[a.path])
+        given = importance_scores.get(a.path)
+        if given is not None and tuple(given.shape) != tuple(tensor.shape):
+            raise jp.PruningShapeError(f"importance_scores[{a.path!r}] has shape {tuple(given.shape)}, "
                                        f"expected {tuple(tensor.shape)}")
         # Snapshots: later changes to the module never reach these arrays.
-        inputs[name] = (to_jax(scores, copy=True), None if mask is None else to_jax(mask == 1, copy=True))
-        if isinstance(spec, GlobalUnstructured):
-            groups.setdefault(global_group(spec, pattern), []).append(name)
-            continue
-        rng = None if key is None else leaf_key(jp._methods.check_key(key), name)
-        masks[name] = spec.compute_mask(rng, *inputs[name])
-    for (_, spec), names in groups.items():
-        out = global_masks(names, [inputs[n][0] for n in names], check_amount(spec.amount), method=spec.method,
-                           key=key, importance_scores=[None] * len(names),
-                           default_masks=[inputs[n][1] for n in names])
-        masks.update(zip(names, out))
-    return jax.block_until_ready(masks)
+        leaves[a.index] = to_jax(tensor, copy=True)
+        scores[a.index] = None if given is None else to_jax(given, copy=True)
+        default_masks[a.index] = None if mask is None else to_jax(mask != 0, copy=True)  # nonzero = kept
+    masks = compute_masks(p, key, leaves, default_masks=default_masks, scores=scores)
+    return jax.block_until_ready({names[a.index]: masks[a.index] for a in p.assignments})
 
 
 def prune_module(

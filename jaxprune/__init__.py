@@ -11,6 +11,7 @@ Array([[False, False,  True,  True],
        [ True,  True,  True,  True]], dtype=bool)
 """
 
+from ._errors import KeyRequiredError as KeyRequiredError
 from ._errors import NormOrderError as NormOrderError
 from ._errors import PruningShapeError as PruningShapeError
 from ._io import load_tree as load_tree
@@ -24,17 +25,18 @@ from ._methods import random_unstructured as random_unstructured
 from ._methods import slice_norms as slice_norms
 from ._methods import structured_mask as structured_mask
 from ._methods import unstructured_mask as unstructured_mask
-from ._rules import GlobalUnstructured as GlobalUnstructured
-from ._rules import SparsityReport as SparsityReport
+from ._report import SparsityReport as SparsityReport
+from ._report import sparsity_report as sparsity_report
 from ._rules import prune_tree as prune_tree
-from ._rules import sparsity_report as sparsity_report
 from ._schedules import ConstantSchedule as ConstantSchedule
 from ._schedules import PolynomialSchedule as PolynomialSchedule
 from ._schedules import Schedule as Schedule
 from ._schedules import constant_schedule as constant_schedule
 from ._schedules import one_shot_schedule as one_shot_schedule
 from ._schedules import polynomial_schedule as polynomial_schedule
+from ._specs import ActivationUnstructured as ActivationUnstructured
 from ._specs import CustomFromMask as CustomFromMask
+from ._specs import GlobalUnstructured as GlobalUnstructured
 from ._specs import Identity as Identity
 from ._specs import L1Unstructured as L1Unstructured
 from ._specs import LnStructured as LnStructured
@@ -42,6 +44,7 @@ from ._specs import PruningMethod as PruningMethod
 from ._specs import RandomStructured as RandomStructured
 from ._specs import RandomUnstructured as RandomUnstructured
 from ._specs import StructuredMethod as StructuredMethod
+from ._specs import TaylorUnstructured as TaylorUnstructured
 from ._specs import UnstructuredMethod as UnstructuredMethod
 from ._training import PruningState as PruningState
 from ._training import pruning as pruning
@@ -54,10 +57,12 @@ from ._trees import pruned_indices as pruned_indices
 __version__ = "0.1.0"
 
 __all__ = (
+    "ActivationUnstructured",
     "ConstantSchedule",
     "CustomFromMask",
     "GlobalUnstructured",
     "Identity",
+    "KeyRequiredError",
     "L1Unstructured",
     "LnStructured",
     "NormOrderError",
@@ -70,6 +75,7 @@ __all__ = (
     "Schedule",
     "SparsityReport",
     "StructuredMethod",
+    "TaylorUnstructured",
     "UnstructuredMethod",
     "apply_masks",
     "compute_mask",

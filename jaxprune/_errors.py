@@ -15,3 +15,8 @@ class PruningShapeError(ValueError, AssertionError):
 
 class NormOrderError(ValueError, RuntimeError):
     """An ``n`` that ``ln_structured`` cannot use for this tensor."""
+
+
+class KeyRequiredError(TypeError, ValueError):
+    """A random method was given no PRNG key (``None`` is not a key: a
+    ``TypeError``; a rule set that needs one: a ``ValueError``)."""

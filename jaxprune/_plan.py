@@ -7,9 +7,18 @@ imported by those modules.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ._errors import KeyRequiredError
+from ._specs import PruningMethod
+from ._trees import _align, _leaves_with_paths, leaf_key
+from ._typing import PyTree
 
 
 def match_patterns(
@@ -48,3 +57,253 @@ def match_patterns(
             raise ValueError(f"rule pattern {pattern!r} never applies: every parameter it matches is taken by "
                              "an earlier pattern (the first matching pattern wins); reorder the rules")
     return chosen
+
+
+# --------------------------------------------------------------------------
+# Rule values and the plan
+# --------------------------------------------------------------------------
+
+
+def is_factory(value: Any) -> bool:
+    """A rule value that makes a method from an amount: a method class or a
+    callable such as ``functools.partial(jp.LnStructured, n=2, dim=0)``."""
+    return not isinstance(value, PruningMethod) and callable(value)
+
+
+def as_method(value: Any, where: str, *, factory_amount: Any = None) -> PruningMethod:
+    """The method a rule value stands for.
+
+    A :class:`PruningMethod` is itself. A factory is called with
+    ``factory_amount`` when one is given (``jp.pruning``, whose schedule sets
+    the amount); without one (``prune_tree``) it is refused.
+    """
+    if isinstance(value, PruningMethod):
+        return value
+    if not is_factory(value):
+        raise TypeError(f"{where}: expected a pruning method (e.g. jp.L1Unstructured(0.3)), got {value!r}")
+    if factory_amount is None:
+        raise TypeError(
+            f"{where}: {_name(value)} makes a method from an amount, but none is given here; write the method "
+            f"with its amount (e.g. jp.L1Unstructured(0.3)). Method classes and partials are rule values of "
+            "jp.pruning, whose schedule sets the amount."
+        )
+    try:
+        method = value(factory_amount)
+    except TypeError as err:
+        raise TypeError(f"{where}: {_name(value)}({factory_amount!r}) failed: {err}; expected a method class or a "
+                        "callable amount -> method") from err
+    if not isinstance(method, PruningMethod):
+        raise TypeError(f"{where}: {_name(value)}({factory_amount!r}) returned {method!r}, not a pruning method")
+    return method
+
+
+def _name(value: Any) -> str:
+    return getattr(value, "__qualname__", None) or repr(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Assignment:
+    """One leaf that a rule prunes: its position among the leaves, its path,
+    the rule value as written, the method it stands for, and the pattern."""
+
+    index: int
+    path: str
+    value: Any
+    method: PruningMethod
+    pattern: str | None
+
+    @property
+    def where(self) -> str:
+        return f"rule {self.pattern!r} for {self.path!r}" if self.pattern else f"rule for {self.path!r}"
+
+    @property
+    def key_name(self) -> str:
+        """The name this leaf's random key is derived from."""
+        return self.method.key_name or self.path
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Which method prunes which leaf: leaves pruned alone, then groups of
+    leaves ranked together (in the leaves' order within each group)."""
+
+    singles: tuple[Assignment, ...]
+    groups: tuple[tuple[Assignment, ...], ...]
+
+    @property
+    def assignments(self) -> tuple[Assignment, ...]:
+        return tuple(sorted(self.singles + tuple(a for g in self.groups for a in g), key=lambda a: a.index))
+
+    @property
+    def is_random(self) -> bool:
+        return any(a.method.is_random for a in self.assignments)
+
+
+def plan(
+    named: Sequence[tuple[str, Any]],
+    rules: Mapping[str, Any] | Callable[[str, Any], Any],
+    *,
+    factory_amount: Any = None,
+) -> Plan:
+    """Resolve ``rules`` over the ``(path, leaf)`` pairs and validate the result.
+
+    ``rules`` is ``{pattern: value}`` (first match wins; see
+    :func:`match_patterns`) or a callable ``(path, leaf) -> value | None``.
+    Raises at once, before any tracing: two leaves with one path
+    (``ValueError``), a pattern that matches nothing or never applies
+    (``ValueError``), a value that is not a method (``TypeError``), a rule for
+    a leaf that is not a floating array (``TypeError``), a leaf the method
+    cannot prune (``IndexError``/``ValueError``, as the methods), a group whose
+    leaves carry different rules (``ValueError``).
+    """
+    paths = [path for path, _ in named]
+    _check_unique(paths)
+    if isinstance(rules, Mapping):
+        hits = [(i, p, v) for i, p, v in match_patterns(paths, rules) if v is not None]
+    elif callable(rules):
+        hits = [(i, None, v) for i, (path, leaf) in enumerate(named) if (v := rules(path, leaf)) is not None]
+    else:
+        raise TypeError(f"rules must be a dict of pattern -> method or a callable (path, leaf) -> method, got {rules!r}")
+
+    singles: list[Assignment] = []
+    groups: dict[Hashable, list[Assignment]] = {}
+    for index, pattern, value in hits:
+        path, leaf = named[index]
+        where = f"rule {pattern!r} for {path!r}" if pattern else f"rule for {path!r}"
+        method = as_method(value, where, factory_amount=factory_amount)
+        _check_leaf(method, leaf, where)
+        a = Assignment(index, path, value, method, pattern)
+        group = method.group_of(pattern)
+        if group is None:
+            singles.append(a)
+        else:
+            groups.setdefault(group, []).append(a)
+    for members in groups.values():
+        first = members[0]
+        for other in members[1:]:
+            if other.method != first.method:
+                raise ValueError(f"{other.where} joins the group of {first.where} with another rule "
+                                 f"({other.method!r} vs {first.method!r}); one group takes one rule")
+    return Plan(tuple(singles), tuple(tuple(g) for g in groups.values()))
+
+
+def _check_unique(paths: Sequence[str]) -> None:
+    seen: dict[str, int] = {}
+    for index, path in enumerate(paths):
+        if path in seen:
+            raise ValueError(f"two leaves have the path {path!r} (leaves {seen[path]} and {index}): paths are "
+                             "dotted keys, so {'a.b': x} and {'a': {'b': y}} collide; rename one")
+        seen[path] = index
+
+
+def _check_leaf(method: PruningMethod, leaf: Any, where: str) -> None:
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{where}: only floating parameters can be pruned, got dtype {dtype}")
+    try:
+        method.check_leaf(tuple(leaf.shape))
+    except (IndexError, ValueError) as err:
+        raise type(err)(f"{where}: {err}") from None
+
+
+def check_key_for(p: Plan, key: Any) -> None:
+    """Refuse a missing key when a rule of ``p`` is random."""
+    if key is None:
+        for a in p.assignments:
+            if a.method.is_random:
+                raise KeyRequiredError(f"{a.where} is random ({a.method!r}): pass a PRNG key "
+                                       "(jax.random.key(seed))")
+
+
+# --------------------------------------------------------------------------
+# The one mask loop
+# --------------------------------------------------------------------------
+
+#: ``amount(method, default_masks) -> amount``: what a schedule sets for one
+#: leaf (a list of one mask) or one group (its masks, in order).
+AmountFn = Callable[[PruningMethod, Sequence[Any]], Any]
+
+
+def compute_masks(
+    p: Plan,
+    key: Any,
+    leaves: Sequence[Any],
+    *,
+    default_masks: Sequence[Any],
+    scores: Sequence[Any] | None = None,
+    extra: Mapping[str, Sequence[Any]] | None = None,
+    amount: AmountFn | None = None,
+) -> list[Any]:
+    """The masks of ``p`` over ``leaves`` (None where no rule applies).
+
+    ``default_masks``, ``scores`` and each ``extra[name]`` hold one entry per
+    leaf (None = none). Each leaf pruned alone draws from
+    ``leaf_key(key, its key name)``; a group's method derives its leaves' keys.
+    With ``amount``, each method first gets the amount it returns.
+    """
+    scores = scores if scores is not None else [None] * len(leaves)
+    extra = extra or {}
+    masks: list[Any] = [None] * len(leaves)
+    for a in p.singles:
+        method = _with_amount(a.method, amount, [default_masks[a.index]])
+        target = leaves[a.index] if scores[a.index] is None else scores[a.index]
+        rng = None if key is None else leaf_key(key, a.key_name)
+        kwargs = {name: _extra_for(extra, name, a) for name in method.extra_args}
+        masks[a.index] = method.compute_mask(rng, target, default_masks[a.index], **kwargs)
+    for members in p.groups:
+        method = _with_amount(members[0].method, amount, [default_masks[a.index] for a in members])
+        out = method.group_masks(
+            key,
+            [a.path for a in members],
+            [leaves[a.index] for a in members],
+            [scores[a.index] for a in members],
+            [default_masks[a.index] for a in members],
+        )
+        for a, mask in zip(members, out):
+            masks[a.index] = mask
+    return masks
+
+
+def _with_amount(method: PruningMethod, amount: AmountFn | None, masks: Sequence[Any]) -> PruningMethod:
+    if amount is None or not method.has_amount:
+        return method
+    return method.with_amount(amount(method, masks))
+
+
+def _extra_for(extra: Mapping[str, Sequence[Any]], name: str, a: Assignment) -> Any:
+    values = extra.get(name)
+    value = None if values is None else values[a.index]
+    if value is None:
+        raise ValueError(f"{a.where}: {a.method!r} needs the extra input {name!r} for {a.path!r}, and none was given")
+    return value
+
+
+def extra_leaves(tree: PyTree, paths: Sequence[str], extra: Mapping[str, Any] | None) -> dict[str, list[Any]]:
+    """Per-leaf extra inputs. Each value is a tree like ``tree`` (None where
+    absent) or a dict ``{path: array}`` over some of its paths."""
+    out: dict[str, list[Any]] = {}
+    structure = jax.tree.structure(tree, is_leaf=_is_none)
+    for name, value in (extra or {}).items():
+        if jax.tree.structure(value, is_leaf=_is_none) == structure:
+            out[name] = leaves_like(tree, value, f"extra input {name!r}")
+        elif isinstance(value, Mapping) and set(value) <= set(paths):
+            out[name] = [value.get(path) for path in paths]
+        else:
+            raise ValueError(f"extra input {name!r} must be a tree like the parameters (None where absent) or a "
+                             f"dict {{path: array}} over their paths, got {jax.tree.structure(value)}")
+    return out
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+def named_leaves(tree: PyTree) -> list[tuple[str, Any]]:
+    """``(path, leaf)`` for every leaf of ``tree`` (paths as :func:`jp.path_str` writes them)."""
+    return _leaves_with_paths(tree)
+
+
+def leaves_like(tree: PyTree, other: PyTree | None, name: str) -> list[Any]:
+    """``other``'s leaves matched to ``tree``'s (None where ``other`` has None,
+    all None when ``other`` is None); ``other`` must have ``tree``'s structure."""
+    return _align(tree, other, name)

@@ -25,7 +25,8 @@ an additive update (``inf + -inf`` is NaN); ``jp.apply_masks`` zeroes it.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,11 +34,15 @@ from jax import lax
 
 from . import _methods
 from ._amounts import CheckedAmount, count_to_prune
-from ._rules import Assignment, GlobalUnstructured, Rules, _key_path, global_group, resolve_rules
+from ._plan import Plan, check_key_for, compute_masks, extra_leaves, named_leaves, plan
+from ._rules import Rules
 from ._schedules import Schedule
-from ._specs import CustomFromMask, Identity, PruningMethod, RandomStructured, RandomUnstructured
-from ._trees import apply_masks, global_masks, leaf_key
-from ._typing import Array, PRNGKey, PyTree
+from ._specs import PruningMethod
+from ._trees import apply_masks
+from ._typing import Array, ArrayLike, PRNGKey, PyTree
+
+if TYPE_CHECKING:
+    import optax
 
 
 class PruningState(NamedTuple):
@@ -48,66 +53,86 @@ class PruningState(NamedTuple):
     inner_state: Any
 
 
-def _make_method(value: Any, amount: Any) -> Any:
-    """The rule's method with this amount: a spec gets its amount replaced, a
-    factory (a spec class, a partial) is called with it."""
-    if isinstance(value, (PruningMethod, GlobalUnstructured)) and dataclasses.is_dataclass(value):
-        return dataclasses.replace(value, amount=amount)
-    return value(amount)
+@dataclasses.dataclass(frozen=True)
+class _CallableSchedule(Schedule):
+    """An optax-style schedule ``step -> sparsity``: the masks are recomputed at
+    step 0 and whenever the target rises."""
+
+    fn: Callable[[Array], ArrayLike]
+
+    def target(self, step: ArrayLike) -> Array:
+        return jnp.clip(jnp.asarray(self.fn(jnp.asarray(step)), jnp.float32), 0.0, 1.0)
+
+    def is_update(self, step: ArrayLike) -> Array:
+        step = jnp.asarray(step)
+        return (step == 0) | (self.target(step) > self.target(jnp.maximum(step - 1, 0)))
 
 
-def _accepts(value: Any) -> bool:
-    if isinstance(value, (Identity, CustomFromMask)):
-        return False
+def _as_schedule(schedule: Any) -> Schedule:
+    if isinstance(schedule, Schedule):
+        return schedule
+    if callable(schedule):
+        return _CallableSchedule(schedule)
+    raise TypeError(f"schedule must be a jaxprune schedule (e.g. jp.polynomial_schedule(...)) or a callable "
+                    f"step -> sparsity (an optax schedule), got {schedule!r}")
+
+
+def _import_optax() -> Any:
     try:
-        probe = _make_method(value, 0)
-    except Exception:  # noqa: BLE001 - any failure means "not a usable rule value"
-        return False
-    return isinstance(probe, (PruningMethod, GlobalUnstructured)) and hasattr(probe, "amount")
+        import optax
+    except ImportError as err:
+        raise ImportError("jp.pruning needs optax: pip install 'jaxprune[optax]' (or pip install optax)") from err
+    return optax
 
 
-def _resolve(params: PyTree, rules: Rules) -> list[tuple[Assignment, Any]]:
-    assignments = resolve_rules(
-        params, rules, accept=_accepts,
-        what="a method with an amount (a spec such as jp.L1Unstructured(0.0), a spec class, "
-             "or a callable amount -> spec)",
-    )
-    resolved = [(a, _make_method(a.value, 0)) for a in assignments]
-    leaves = jax.tree.leaves(params)
-    for a, probe in resolved:
-        if getattr(probe, "PRUNING_TYPE", None) == "structured":
-            try:
-                _methods.check_dim(tuple(jnp.shape(leaves[a.index])), probe.dim)
-            except (IndexError, ValueError) as err:
-                raise type(err)(f"rule {a.pattern or ''!r} for {a.path!r}: {err}") from None
-    return resolved
+def _refuse_set_amounts(p: Plan) -> None:
+    """The schedule sets the amount: a rule value written with a non-zero one is a mistake."""
+    for a in p.assignments:
+        if isinstance(a.value, PruningMethod) and a.method.has_amount:
+            amount = a.method.amount  # type: ignore[attr-defined]
+            if not isinstance(amount, jax.Array) and amount != 0:
+                raise ValueError(
+                    f"{a.where}: {a.value!r} sets amount={amount!r}, but jp.pruning's schedule sets the amount; "
+                    f"write {type(a.value).__name__}(0) or the class {type(a.value).__name__} (or use "
+                    "jp.prune_tree for a fixed amount)"
+                )
 
 
 def pruning(
-    inner: Any,
+    inner: optax.GradientTransformation,
     rules: Rules,
-    schedule: Schedule,
+    schedule: Schedule | Callable[[Array], ArrayLike],
     *,
     key: PRNGKey | None = None,
-) -> Any:
+) -> optax.GradientTransformationExtraArgs:
     """Wrap ``inner`` (an optax optimizer) so that it prunes by ``schedule``.
 
     Args:
-      inner: any ``optax.GradientTransformation``.
+      inner: any ``optax.GradientTransformation``; it receives the extra
+        arguments of ``update`` too.
       rules: ``{pattern: method}`` over parameter paths (see :func:`prune_tree`),
-        or a callable ``(path, leaf) -> method | None``. A method is a spec
-        whose amount the schedule replaces (``jp.L1Unstructured(0.0)``), a spec
-        class (``jp.L1Unstructured``), or ``functools.partial(jp.LnStructured,
-        n=2, dim=-1)``. ``jp.GlobalUnstructured`` ranks its leaves together.
-      schedule: the target sparsity per step (:func:`polynomial_schedule`, ...).
-        At an update step, each leaf (or global group) is pruned until
-        ``round(target * units)`` of its units are pruned; masks only grow.
+        or a callable ``(path, leaf) -> method | None``. A method is a class
+        (``jp.L1Unstructured``), a method with amount 0 (``jp.L1Unstructured(0)``),
+        or ``functools.partial(jp.LnStructured, n=2, dim=-1)``: the schedule
+        sets the amount. ``jp.GlobalUnstructured(0)`` ranks its leaves
+        together; a method without an amount (``jp.CustomFromMask``) is
+        applied as it is at every update step.
+      schedule: the target sparsity per step (:func:`polynomial_schedule`, ...,
+        or an optax-style callable ``step -> sparsity``, which updates the
+        masks at step 0 and whenever the target rises). At an update step,
+        each leaf (or global group) is pruned until ``round(target * units)``
+        of its units are pruned; masks only grow.
       key: PRNG key for random methods; each update folds in the step and
         each leaf its path.
 
     Returns:
-      An ``optax.GradientTransformation`` with :class:`PruningState`. Call
-      ``update(grads, state, params)`` (params are required).
+      An ``optax.GradientTransformationExtraArgs`` with :class:`PruningState`.
+      Call ``update(grads, state, params, **extra_args)`` (params are
+      required). Extra arguments reach the inner optimizer and the methods
+      that name them in ``extra_args`` (a tree like ``params`` or a dict
+      ``{path: array}``; :class:`TaylorUnstructured` gets ``grads`` from the
+      gradients themselves). The rules are resolved once per parameter
+      structure, at ``init``.
 
     >>> import jax, jax.numpy as jnp, optax, jaxprune as jp
     >>> params = {"w": jnp.array([0.1, -2.0, 0.3, 4.0]), "b": jnp.zeros(2)}
@@ -118,38 +143,57 @@ def pruning(
     >>> optax.apply_updates(params, updates)["w"]
     Array([ 0. , -2.1,  0. ,  3.9], dtype=float32)
     """
-    import optax  # the optax extra; jaxprune's core does not need it
-
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule must be a jaxprune schedule (e.g. jp.polynomial_schedule(...)), got {schedule!r}")
+    optax = _import_optax()
+    schedule = _as_schedule(schedule)
+    inner = optax.with_extra_args_support(inner)
     if key is not None:
         key = _methods.check_key(key)
+    plans: dict[Any, Plan] = {}
+
+    def plan_for(params: PyTree) -> tuple[list[tuple[str, Any]], Plan]:
+        named = named_leaves(params)
+        signature = (jax.tree.structure(params), tuple((jnp.shape(x), jnp.result_type(x)) for _, x in named))
+        if signature not in plans:
+            p = plan(named, rules, factory_amount=0)
+            _refuse_set_amounts(p)
+            check_key_for(p, key)
+            plans[signature] = p
+        return named, plans[signature]
 
     def init(params: PyTree) -> PruningState:
-        resolved = _resolve(params, rules)
-        if key is None:
-            for a, probe in resolved:
-                if isinstance(probe, (RandomUnstructured, RandomStructured)) or getattr(probe, "method", "") == "random":
-                    raise ValueError(f"rule for {a.path!r} is random: pass key=jax.random.key(seed) to jp.pruning")
-        leaves, treedef = jax.tree.flatten(params)
-        masks: list[Array | None] = [None] * len(leaves)
-        for a, _ in resolved:
-            masks[a.index] = _methods.identity(leaves[a.index])  # all kept, sharded like the leaf
+        named, p = plan_for(params)
+        masks: list[Array | None] = [None] * len(named)
+        for a in p.assignments:
+            masks[a.index] = _methods.identity(named[a.index][1])  # all kept, sharded like the leaf
+        treedef = jax.tree.structure(params)
         return PruningState(jnp.zeros((), jnp.int32), jax.tree.unflatten(treedef, masks), inner.init(params))
 
-    def update(updates: PyTree, state: PruningState, params: PyTree | None = None) -> tuple[PyTree, PruningState]:
+    def update(
+        updates: PyTree, state: PruningState, params: PyTree | None = None, **extra_args: Any
+    ) -> tuple[PyTree, PruningState]:
         if params is None:
             raise ValueError("jp.pruning needs the parameters: call tx.update(grads, state, params)")
-        resolved = _resolve(params, rules)
+        named, p = plan_for(params)
         step = state.count
+        paths = [path for path, _ in named]
+        wanted = {name for a in p.assignments for name in a.method.extra_args}
+        given = {name: value for name, value in extra_args.items() if name in wanted}
+        if "grads" in wanted and "grads" not in given:
+            given["grads"] = updates
+        extra = extra_leaves(params, paths, given)
 
         def recompute(masks: PyTree) -> PyTree:
             step_key = None if key is None else jax.random.fold_in(key, step)
-            return _scheduled_masks(step_key, params, resolved, masks, schedule.target(step))
+            old = jax.tree.leaves(masks, is_leaf=_is_none)
+            target = schedule.target(step)
+            new = compute_masks(p, step_key, [leaf for _, leaf in named], default_masks=old, extra=extra,
+                                amount=lambda method, dms: _new_count(method, dms, target))
+            return jax.tree.unflatten(jax.tree.structure(masks, is_leaf=_is_none),
+                                      [m if n is None else n for m, n in zip(old, new)])
 
         masks = lax.cond(schedule.is_update(step), recompute, lambda m: m, state.masks)
         grads = apply_masks(updates, masks)
-        inner_updates, inner_state = inner.update(grads, state.inner_state, params)
+        inner_updates, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
 
         def finish(mask: Array | None, update: Array, param: Array) -> Array:
             if mask is None:
@@ -159,60 +203,23 @@ def pruning(
             # dtype so that a low-precision update cannot round -param.
             return jnp.where(mask, update.astype(param.dtype), -param)
 
-        final = jax.tree.map(finish, masks, inner_updates, params, is_leaf=lambda x: x is None)
+        final = jax.tree.map(finish, masks, inner_updates, params, is_leaf=_is_none)
         return final, PruningState(optax.safe_int32_increment(step), masks, inner_state)
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
-def _pruned_units(mask: Array, method: Any) -> tuple[int, Array]:
-    """(units, units already pruned) of a leaf for this method, traced."""
-    if getattr(method, "PRUNING_TYPE", None) == "structured":
-        units = mask.shape[method.dim % mask.ndim]
-        return units, units - jnp.sum(_methods.alive_slices(mask, method.dim), dtype=jnp.int32)
-    return mask.size, mask.size - jnp.sum(mask, dtype=jnp.int32)
+def _is_none(x: Any) -> bool:
+    return x is None
 
 
-def _new_count(target: Array, units: int, already: Array) -> Array:
-    total = count_to_prune(CheckedAmount(target, is_count=False), jnp.int32(units))
-    return jnp.maximum(total - already, 0).astype(jnp.int32)
-
-
-def _scheduled_masks(
-    key: PRNGKey | None,
-    params: PyTree,
-    resolved: list[tuple[Assignment, Any]],
-    masks: PyTree,
-    target: Array,
-) -> PyTree:
-    leaves, _ = jax.tree.flatten(params)
-    mask_leaves, mask_def = jax.tree.flatten(masks, is_leaf=lambda x: x is None)
-    new = list(mask_leaves)
-    groups: dict[Any, list[Assignment]] = {}
-    for a, probe in resolved:
-        if isinstance(probe, GlobalUnstructured):
-            groups.setdefault(global_group(a.value, a.pattern), []).append(a)
-            continue
-        mask = mask_leaves[a.index]
-        units, already = _pruned_units(mask, probe)
-        method = _make_method(a.value, _new_count(target, units, already))
-        leaf_rng = None if key is None else leaf_key(key, _key_path(a))
-        new[a.index] = method.compute_mask(leaf_rng, leaves[a.index], mask)
-    for (_, value), members in groups.items():
-        old = [mask_leaves[a.index] for a in members]
-        units = sum(m.size for m in old)
-        already = sum(m.size - jnp.sum(m, dtype=jnp.int32) for m in old)
-        probe = _make_method(value, 0)
-        out = global_masks(
-            [a.path for a in members],
-            [leaves[a.index] for a in members],
-            CheckedAmount(_new_count(target, units, already), is_count=True),
-            method=probe.method,
-            key=key,
-            importance_scores=[None] * len(members),
-            default_masks=old,
-        )
-        for a, mask in zip(members, out):
-            new[a.index] = mask
-    return jax.tree.unflatten(mask_def, new)
-
+def _new_count(method: PruningMethod, masks: Sequence[Array], target: Array) -> Any:
+    """The amount that brings these masks to ``target``: a count of the units
+    not pruned yet (None for a method without an amount)."""
+    if not method.has_amount:
+        return None
+    units = sum(method.units(tuple(m.shape)) for m in masks)
+    already = sum(method.pruned_units(m) for m in masks)
+    dtype = jnp.int64 if jax.config.jax_enable_x64 else jnp.int32
+    total = count_to_prune(CheckedAmount(target, is_count=False), jnp.asarray(units, dtype))
+    return jnp.maximum(total - already, 0).astype(dtype)

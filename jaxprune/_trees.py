@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import sys
 from collections.abc import Callable, Sequence
 
 import jax
@@ -93,6 +94,11 @@ def _align_all(tree: PyTree, other: PyTree, name: str, tree_name: str) -> list[o
     tree_def = jax.tree.structure(tree, is_leaf=_is_none)
     other_leaves, other_def = jax.tree.flatten(other, is_leaf=_is_none)
     if tree_def != other_def:
+        # NNX variables of other kinds (an optimizer's state wraps its masks):
+        # pair up by value.
+        unwrapped_def = jax.tree.structure(unwrap_variables(tree), is_leaf=_is_none)
+        other_leaves, other_def = jax.tree.flatten(unwrap_variables(other), is_leaf=_is_none)
+    if tree_def != other_def and unwrapped_def != other_def:
         raise ValueError(
             f"{name} must have the structure of {tree_name} (None where a leaf has none / is not pruned): "
             f"{tree_name} {tree_def}, {name} {other_def}"
@@ -102,6 +108,22 @@ def _align_all(tree: PyTree, other: PyTree, name: str, tree_name: str) -> list[o
 
 def _is_none(x: object) -> bool:
     return x is None
+
+
+def unwrap_variables(tree: PyTree) -> PyTree:
+    """``tree`` with every Flax NNX ``Variable`` (``Param``, the wrappers of an
+    ``nnx.Optimizer``'s state) replaced by its value; flax is never imported here."""
+    nnx = sys.modules.get("flax.nnx")
+    if nnx is None or tree is None:
+        return tree
+    variable = nnx.Variable
+
+    def value(x: object) -> object:
+        if not isinstance(x, variable):
+            return x
+        return x.get_value() if hasattr(x, "get_value") else x.value  # get_value: flax >= 0.12
+
+    return jax.tree.map(value, tree, is_leaf=lambda x: x is None or isinstance(x, variable))
 
 
 def global_unstructured(

@@ -42,19 +42,38 @@ def test_specs_equal_their_functions():
     np.testing.assert_array_equal(jp.Identity().compute_mask(None, W, dm), dm)
 
 
-def test_generic_scores_path_equals_the_fast_path():
-    """The base classes' compute_mask (scores -> building block) gives the
-    built-in result: what a custom method inherits is the built-in machinery."""
-    key = jax.random.key(2)
+@dataclasses.dataclass(frozen=True)
+class AbsScores(jp.UnstructuredMethod):
+    amount: float
+
+    def scores(self, key, t):
+        return jnp.abs(t)
+
+
+@dataclasses.dataclass(frozen=True)
+class NormSlices(jp.StructuredMethod):
+    amount: float
+    dim: int = 0
+
+    def slice_scores(self, key, t):
+        return jp.slice_norms(t, 1, self.dim)
+
+
+def test_custom_methods_give_the_built_in_masks():
+    """What a custom method inherits (scores -> building block) is the
+    machinery of the built-ins, which are their functions."""
     x = jax.random.normal(jax.random.key(3), (30, 40))
     dm = jp.l1_unstructured(x, 0.2)
-    for spec in (jp.L1Unstructured(0.3), jp.RandomUnstructured(0.3)):
-        generic = jp.UnstructuredMethod.compute_mask(spec, key, x, dm)
-        np.testing.assert_array_equal(generic, spec.compute_mask(key, x, dm))
+    np.testing.assert_array_equal(AbsScores(0.3).compute_mask(None, x, dm), jp.L1Unstructured(0.3).compute_mask(None, x, dm))
+    np.testing.assert_array_equal(jp.L1Unstructured(0.3).compute_mask(None, x, dm), jp.l1_unstructured(x, 0.3, default_mask=dm))
     dm = jp.ln_structured(x, 0.2, 1, dim=0)
-    for spec in (jp.RandomStructured(0.3, dim=0), jp.LnStructured(0.3, n=1, dim=0)):
-        generic = jp.StructuredMethod.compute_mask(spec, key, x, dm)
-        np.testing.assert_array_equal(generic, spec.compute_mask(key, x, dm))
+    np.testing.assert_array_equal(NormSlices(0.3).compute_mask(None, x, dm),
+                                  jp.LnStructured(0.3, n=1, dim=0).compute_mask(None, x, dm))
+    key = jax.random.key(2)
+    np.testing.assert_array_equal(jp.RandomUnstructured(0.3).compute_mask(key, x, dm),
+                                  jp.random_unstructured(key, x, 0.3, default_mask=dm))
+    np.testing.assert_array_equal(jp.RandomStructured(0.3, dim=0).compute_mask(key, x, dm),
+                                  jp.random_structured(key, x, 0.3, 0, default_mask=dm))
 
 
 @dataclasses.dataclass(frozen=True)
