@@ -90,12 +90,22 @@ def _layer_table() -> list[tuple[tuple[type, ...], Callable[[Any, str, int], tup
     ]
 
 
-def _tensors_of(layer: Any) -> dict[str, Any]:
-    """A layer's own tensors by torch name (pruned ones by their logical name)."""
+def _tensors_of(layer: Any, *, effective: bool = False) -> dict[str, Any]:
+    """A layer's own tensors by torch name (pruned ones by their logical name):
+    a pruned tensor's dense ``*_orig``, or with ``effective`` what torch's
+    forward uses (its pruning hook's ``apply_mask``, ``orig * mask``, computed
+    now: the ``weight`` attribute is stale after an optimizer step until the
+    next forward)."""
     own = [name for name in prunable_parameters(layer) if "." not in name]  # module order
+    hooks = {hook._tensor_name: hook for hook in layer._forward_pre_hooks.values()
+             if isinstance(hook, _torch().nn.utils.prune.BasePruningMethod)}
     out: dict[str, Any] = {}
     for name in own:
-        out[name] = getattr(layer, name + "_orig") if hasattr(layer, name + "_orig") else layer._parameters[name]
+        if effective and name in hooks:
+            with _torch().no_grad():
+                out[name] = hooks[name].apply_mask(layer)
+        else:
+            out[name] = getattr(layer, name + "_orig") if hasattr(layer, name + "_orig") else layer._parameters[name]
     for name, buf in layer._buffers.items():
         if buf is not None and not name.endswith("_mask") and name != "num_batches_tracked":
             out[name] = buf
@@ -108,7 +118,7 @@ def placements(module: torch.nn.Module, names: Mapping[str, str] | None = None) 
     Raises ``ValueError`` naming the first layer with tensors of a type it cannot map.
     """
     table = _layer_table()
-    names = dict(names or {})
+    names = _checked_names(module, names)
     out: dict[str, Placement] = {}
     for prefix, layer in module.named_modules():
         tensors = _tensors_of(layer)
@@ -128,7 +138,41 @@ def placements(module: torch.nn.Module, names: Mapping[str, str] | None = None) 
             collection, flax_name, perm = placed
             path = tuple(p for p in flax_prefix.split(".") if p) + (flax_name,)
             out[f"{prefix}.{name}" if prefix else name] = Placement(collection, path, perm)
+    _check_distinct(out)
     return out
+
+
+def _checked_names(module: torch.nn.Module, names: Mapping[str, str] | None) -> dict[str, str]:
+    """``names`` as a dict, refusing keys that are no module path of ``module``
+    (a typo would silently keep the torch path) and values that are not str."""
+    names = dict(names or {})
+    paths = [prefix for prefix, _ in module.named_modules(remove_duplicate=False)]
+    for path, new in names.items():
+        if path not in paths:
+            shown = ", ".join(map(repr, paths[1:21])) + (", ..." if len(paths) > 21 else "")
+            raise ValueError(f"names: no module {path!r} in the torch module (its module paths: {shown})")
+        if not isinstance(new, str):
+            raise TypeError(f"names[{path!r}] must be a str, got {new!r}")
+    return names
+
+
+def _check_distinct(out: Mapping[str, Placement]) -> None:
+    """Refuse two torch tensors at one Flax path, or one inside another's leaf
+    (``names={"0": "x", "1": "x"}``): the tree would silently keep only one."""
+    leaves: dict[tuple[str, ...], str] = {}
+    inner: dict[tuple[str, ...], str] = {}  # every proper prefix of a leaf -> that leaf's tensor
+    for name, place in out.items():
+        full = (place.collection,) + place.path
+        if full in leaves:
+            raise ValueError(f"torch tensors {leaves[full]!r} and {name!r} both map to {'.'.join(full)}; "
+                             "give their layers different names (names=)")
+        clash = inner.get(full) or next((leaves[full[:i]] for i in range(1, len(full)) if full[:i] in leaves), None)
+        if clash is not None:
+            raise ValueError(f"torch tensor {name!r} maps to {'.'.join(full)}, a path that also holds torch tensor "
+                             f"{clash!r}; give their layers different names (names=)")
+        leaves[full] = name
+        for i in range(1, len(full)):
+            inner.setdefault(full[:i], name)
 
 
 def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
@@ -145,30 +189,51 @@ def _get(tree: Mapping, path: tuple[str, ...]) -> Any:
     return tree
 
 
-def torch_to_flax(module: torch.nn.Module, *, names: Mapping[str, str] | None = None) -> dict[str, dict]:
+def torch_to_flax(module: torch.nn.Module, *, names: Mapping[str, str] | None = None,
+                  weights: str = "effective") -> dict[str, dict]:
     """A torch module's weights as Flax variables ``{"params": ..., "batch_stats": ...}``.
 
-    Pruned tensors convert their dense ``*_orig`` values (use
-    :func:`masks_to_flax` for their masks, or ``jp.apply_masks``).
+    Args:
+      module: the torch module (pruned by torch or :func:`prune_module`, or not).
+      names: ``{torch module path: Flax path}`` renames (``{"0": "conv"}``);
+        two tensors landing on one Flax path raise ``ValueError``.
+      weights: for pruned tensors, ``"effective"`` (default) converts what the
+        torch model computes with (``orig * mask``), so the Flax model gives
+        the pruned model's outputs; ``"orig"`` the dense ``*_orig`` values
+        (pair them with their masks, e.g. for a next pruning round or to keep
+        training the dense weights).
 
-    >>> import torch
+    The masks of a pruned module, in the same Flax layout, come from
+    :func:`masks_to_flax` over :func:`read_pruned`:
+
+    >>> import torch, jax, jaxprune as jp
     >>> from jaxprune import interop
-    >>> variables = interop.torch_to_flax(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Linear(8, 2)),
-    ...                                   names={"0": "conv", "1": "fc"})
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Linear(8, 2))
+    >>> variables = interop.torch_to_flax(net, names={"0": "conv", "1": "fc"})
     >>> variables["params"]["conv"]["kernel"].shape, variables["params"]["fc"]["kernel"].shape
     ((3, 3, 3, 8), (8, 2))
+    >>> _ = interop.prune_module(None, net, {"1.weight": jp.L1Unstructured(0.5)})
+    >>> pruned = interop.torch_to_flax(net)                   # what the pruned model computes with
+    >>> dense = interop.torch_to_flax(net, weights="orig")    # the dense *_orig values
+    >>> masks = interop.masks_to_flax(interop.read_pruned(net)[1], net)
+    >>> int((pruned["params"]["1"]["kernel"] == 0).sum()), int((~masks["1"]["kernel"]).sum())
+    (8, 8)
+    >>> bool((jp.apply_masks(dense["params"], masks)["1"]["kernel"] == pruned["params"]["1"]["kernel"]).all())
+    True
     """
-    tensors = dict(_named_tensors(module))
+    if not isinstance(weights, str) or weights not in ("effective", "orig"):
+        raise ValueError(f"torch_to_flax: weights must be 'effective' or 'orig', got {weights!r}")
+    tensors = dict(_named_tensors(module, effective=weights == "effective"))
     out: dict[str, dict] = {}
     for name, place in placements(module, names).items():
         _set(out.setdefault(place.collection, {}), place.path, place.to_flax(to_jax(tensors[name], copy=True)))
     return out
 
 
-def _named_tensors(module: torch.nn.Module) -> list[tuple[str, Any]]:
+def _named_tensors(module: torch.nn.Module, *, effective: bool = False) -> list[tuple[str, Any]]:
     items = []
     for prefix, layer in module.named_modules():
-        for name, tensor in _tensors_of(layer).items():
+        for name, tensor in _tensors_of(layer, effective=effective).items():
             items.append((f"{prefix}.{name}" if prefix else name, tensor))
     return items
 
@@ -179,7 +244,9 @@ def flax_to_torch(variables: Mapping[str, Mapping], module: torch.nn.Module, *,
 
     Every tensor is checked first (a missing leaf or a shape mismatch raises
     ``ValueError`` naming it, and nothing is written); then all are copied in.
-    For a pruned tensor, the dense value goes to ``<name>_orig``.
+    For a pruned tensor, the value goes to ``<name>_orig`` and its mask stays:
+    variables exported with the default ``weights="effective"`` give the
+    same outputs, with the pruned entries of ``*_orig`` now zero.
     """
     torch = _torch()
     tensors = dict(_named_tensors(module))

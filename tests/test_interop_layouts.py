@@ -129,8 +129,8 @@ def test_pruned_cnn_converts_with_its_masks():
     net = cnn()
     interop.prune_module(jax.random.key(0), net, {"0.weight": jp.RandomStructured(0.25, dim=0),
                                                   "4.weight": jp.L1Unstructured(0.5), "1.bias": jp.L1Unstructured(2)})
-    variables = interop.torch_to_flax(net, names=NAMES)
-    # The dense *_orig values travel; the masks travel separately.
+    variables = interop.torch_to_flax(net, names=NAMES, weights="orig")
+    # weights="orig": the dense *_orig values travel; the masks travel separately.
     np.testing.assert_array_equal(np.asarray(variables["params"]["fc"]["kernel"]),
                                   net[4].weight_orig.detach().numpy().T)
     _, masks = interop.read_pruned(net)
@@ -170,6 +170,123 @@ def test_conversion_is_a_snapshot():
     with torch.no_grad():
         net[4].weight.mul_(2)
     np.testing.assert_array_equal(np.asarray(variables["params"]["fc"]["kernel"]), kept)
+
+
+# --------------------------------------------------------------------------
+# A pruned torch model exports its effective weights
+# --------------------------------------------------------------------------
+
+
+def pruned_twice_cnn() -> torch.nn.Sequential:
+    """The CNN pruned by jaxprune, then by torch on top (PruningContainer hooks)."""
+    net = cnn()
+    interop.prune_module(jax.random.key(0), net, {"0.weight": jp.RandomStructured(0.25, dim=0),
+                                                  "1.weight": jp.L1Unstructured(2), "4.weight": jp.L1Unstructured(0.5)})
+    prune.random_unstructured(net[0], "weight", 0.3)
+    prune.l1_unstructured(net[4], "weight", 0.2)
+    prune.l1_unstructured(net[4], "bias", 3)
+    return net
+
+
+def pruned_once_cnn() -> torch.nn.Sequential:
+    net = cnn()
+    interop.prune_module(jax.random.key(0), net, {"0.weight": jp.LnStructured(0.5, n=2, dim=0),
+                                                  "*.bias": jp.RandomUnstructured(0.5)})
+    return net
+
+
+@pytest.mark.parametrize("make", [pruned_once_cnn, pruned_twice_cnn], ids=["pruned-once", "pruned-twice"])
+def test_a_pruned_cnn_converts_to_flax_models_that_compute_the_pruned_outputs(make):
+    net = make()
+    x = images()
+    expected = torch_out(net, x)
+    variables = interop.torch_to_flax(net, names=NAMES)
+    np.testing.assert_allclose(np.asarray(LinenCNN().apply(variables, nhwc(x))), expected, atol=1e-5)
+    model = abstract_nnx_cnn()
+    nnx.update(model, variables["params"])
+    nnx.update(model, variables["batch_stats"])
+    np.testing.assert_allclose(np.asarray(model(nhwc(x))), expected, atol=1e-5)
+    # The effective weights are exactly orig * mask; "orig" gives the dense ones, and its outputs differ.
+    for name, place in interop.placements(net, NAMES).items():
+        layer, attr = name.rsplit(".", 1)
+        sub = net.get_submodule(layer)
+        dense = getattr(sub, attr + "_orig", getattr(sub, attr)).detach()
+        effective = dense * getattr(sub, attr + "_mask") if hasattr(sub, attr + "_mask") else dense
+        got = np.asarray(place.to_torch_layout(leaf(variables[place.collection], ".".join(place.path))))
+        np.testing.assert_array_equal(got, effective.numpy(), err_msg=name)
+    dense = interop.torch_to_flax(net, names=NAMES, weights="orig")
+    assert not np.allclose(np.asarray(LinenCNN().apply(dense, nhwc(x))), expected, atol=1e-3)
+    _, masks = interop.read_pruned(net)
+    masked = jp.apply_masks(dense["params"], interop.masks_to_flax(masks, net, names=NAMES))
+    np.testing.assert_array_equal(np.asarray(masked["fc"]["kernel"]), np.asarray(variables["params"]["fc"]["kernel"]))
+
+
+def test_a_pruned_linear_converts_to_a_dense_layer_with_the_pruned_outputs():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(6, 4)
+    interop.prune_module(jax.random.key(0), net, {"weight": jp.L1Unstructured(0.5), "bias": jp.RandomUnstructured(2)})
+    x = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
+    out = nn.Dense(4).apply(interop.torch_to_flax(net), jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(out), torch_out(net, x), atol=1e-6)
+    assert int((interop.torch_to_flax(net)["params"]["kernel"] == 0).sum()) == 12
+
+
+def test_effective_weights_follow_orig_changed_since_the_last_forward():
+    """An optimizer step changes weight_orig; torch's stale ``weight`` attribute
+    is refreshed only by the next forward. The export computes orig * mask now."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(6, 4)
+    interop.prune_module(None, net, {"weight": jp.L1Unstructured(0.5)})
+    with torch.no_grad():
+        net.weight_orig.add_(1.0)
+    kernel = np.asarray(interop.torch_to_flax(net)["params"]["kernel"])
+    np.testing.assert_array_equal(kernel, (net.weight_orig * net.weight_mask).detach().numpy().T)
+
+
+@pytest.mark.parametrize("weights", ["dense", "", None, 1, "Orig"])
+def test_torch_to_flax_rejects_an_unknown_weights_choice(weights):
+    with pytest.raises(ValueError, match=r"weights must be 'effective' or 'orig', got " + re.escape(repr(weights))):
+        interop.torch_to_flax(cnn(), weights=weights)
+
+
+# --------------------------------------------------------------------------
+# names: renaming must not merge layers
+# --------------------------------------------------------------------------
+
+
+COLLIDING_NAMES: dict[str, tuple[dict[str, str], str]] = {
+    "both-renamed": ({"0": "x", "4": "x"}, r"'0\.weight' and '4\.weight' both map to params\.x\.kernel"),
+    "renamed-onto-another": ({"0": "4"}, r"'0\.weight' and '4\.weight' both map to params\.4\.kernel"),
+    "dotted-onto-nested": ({"0": "a.b", "4": "a"}, None),
+    "leaf-under-a-leaf": ({"0": "fc.kernel", "4": "fc"}, r"'4\.weight'.*params\.fc\.kernel.*'0\.weight'"),
+}
+
+
+@pytest.mark.parametrize("case", list(COLLIDING_NAMES), ids=list(COLLIDING_NAMES))
+def test_names_mapping_two_tensors_to_one_flax_path_are_refused(case):
+    names, pattern = COLLIDING_NAMES[case]
+    net = cnn()
+    if pattern is None:  # a.b.kernel beside a.kernel: no collision
+        assert interop.torch_to_flax(net, names=names)["params"]["a"]["b"]["kernel"].shape == (3, 3, 3, 8)
+        return
+    good = interop.torch_to_flax(net)
+    calls = [lambda: interop.torch_to_flax(net, names=names), lambda: interop.placements(net, names),
+             lambda: interop.flax_to_torch(good, net, names=names),
+             lambda: interop.masks_to_flax({}, net, names=names), lambda: interop.masks_to_torch({}, net, names=names),
+             lambda: interop.flax_dim(net, "0.weight", 0, names=names),
+             lambda: interop.flax_rules({"0.weight": jp.L1Unstructured(0.5)}, net, names=names)]
+    for call in calls:
+        with pytest.raises(ValueError, match=pattern):
+            call()
+
+
+def test_names_for_a_module_path_the_model_lacks_are_refused():
+    with pytest.raises(ValueError, match=r"names: no module '5' in the torch module.*'0', '1', '2', '3', '4'"):
+        interop.torch_to_flax(cnn(), names={"0": "conv", "5": "fc"})
+    with pytest.raises(TypeError, match=r"names\['0'\] must be a str, got 3"):
+        interop.placements(cnn(), {"0": 3})
+    # A module without tensors may be named (it changes nothing).
+    assert interop.placements(cnn(), {"2": "relu"}) == interop.placements(cnn())
 
 
 # --------------------------------------------------------------------------
