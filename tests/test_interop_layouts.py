@@ -799,3 +799,135 @@ def test_torch_to_flax_example_runs_and_reports_equal_masks_and_outputs():
     assert len(installed) == 7 and all(eq == "True" for _, eq in installed)
     assert re.search(r"all-zero mask: \[\d+, \d+\] \(same as Flax: True\)", out)
     assert out.rstrip().endswith("all checks passed")
+
+
+# --------------------------------------------------------------------------
+# register_layout: other layer types, and the table it extends
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """An empty registry for the test; the one before comes back afterwards."""
+    from jaxprune.interop import _layouts
+
+    monkeypatch.setattr(_layouts, "_REGISTERED", {})
+    return _layouts
+
+
+def group_norm(layer: torch.nn.Module, name: str, ndim: int) -> Any:
+    return {"weight": ("params", "scale", ()), "bias": ("params", "bias", ())}.get(name)
+
+
+class Affine(torch.nn.Module):
+    """A custom layer: y = x @ w.T + b, Flax-side ``kernel`` (in, out) and ``bias``."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(n_out, n_in))
+        self.b = torch.nn.Parameter(torch.randn(n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w.T + self.b
+
+
+def affine(layer: torch.nn.Module, name: str, ndim: int) -> Any:
+    return {"w": ("params", "kernel", (1, 0)), "b": ("params", "bias", ())}.get(name)
+
+
+def test_a_registered_layer_converts_both_ways_and_computes_the_same(registry):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), _bn_stats(torch.nn.GroupNorm(2, 4)))
+    with pytest.raises(ValueError, match=r"'1' of type GroupNorm .*supported: .*Embedding; "
+                                         r"interop\.register_layout adds one"):
+        interop.torch_to_flax(net)
+    interop.register_layout(torch.nn.GroupNorm, group_norm)
+    variables = interop.torch_to_flax(net, names={"0": "conv", "1": "norm"})
+    assert jax.tree.map(jnp.shape, variables) == {
+        "params": {"conv": {"kernel": (3, 3, 3, 4), "bias": (4,)}, "norm": {"scale": (4,), "bias": (4,)}}}
+
+    class Linen(nn.Module):
+        @nn.compact
+        def __call__(self, x: jax.Array) -> jax.Array:
+            x = nn.Conv(4, (3, 3), padding="VALID", name="conv")(x)
+            return nn.GroupNorm(num_groups=2, epsilon=1e-5, name="norm")(x)
+
+    x = images()
+    np.testing.assert_allclose(np.moveaxis(np.asarray(Linen().apply(variables, nhwc(x))), -1, 1), torch_out(net, x),
+                               atol=1e-5)
+    torch.manual_seed(1)
+    target = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4))
+    interop.flax_to_torch(variables, target, names={"0": "conv", "1": "norm"})
+    for name, tensor in net.state_dict().items():
+        assert torch.equal(target.state_dict()[name], tensor), name
+
+
+def test_a_registered_layer_carries_masks_flax_dims_and_flax_rules(registry):
+    interop.register_layout(Affine, affine)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(Affine(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    assert interop.flax_dim(net, "0.w", 0) == 1
+    rules = {"0.w": jp.RandomStructured(0.4, dim=0), "0.b": jp.RandomUnstructured(2), "2.weight": jp.LnStructured(
+        0.5, n=1, dim=1)}
+    check_flax_rules(jax.random.key(4), net, rules, names={"0": "affine"})
+    x = np.random.default_rng(0).standard_normal((2, 6)).astype(np.float32)
+    params = interop.torch_to_flax(net, names={"0": "affine"})["params"]
+    out = jnp.maximum(jnp.asarray(x) @ params["affine"]["kernel"] + params["affine"]["bias"][None], 0)
+    out = out @ params["2"]["kernel"] + params["2"]["bias"][None]
+    np.testing.assert_allclose(np.asarray(out), torch_out(net, x), atol=1e-5)  # the pruned outputs
+
+
+def test_register_layout_replaces_a_builtin_and_its_own_earlier_registration(registry):
+    net = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    interop.register_layout(torch.nn.Linear, lambda layer, name, ndim: ("params", name[0], (1, 0) if ndim == 2 else ()))
+    assert jax.tree.map(jnp.shape, interop.torch_to_flax(net)["params"]) == {"0": {"w": (4, 2), "b": (2,)}}
+    interop.register_layout(torch.nn.Linear, lambda layer, name, ndim: ("params", name.upper(), ()))
+    assert jax.tree.map(jnp.shape, interop.torch_to_flax(net)["params"]) == {"0": {"WEIGHT": (2, 4), "BIAS": (2,)}}
+    assert list(registry._REGISTERED) == [torch.nn.Linear]
+    # A base type covers its subclasses, and the latest registration is looked up first.
+    interop.register_layout(torch.nn.Module, lambda layer, name, ndim: ("params", "any", ()))
+    with pytest.raises(ValueError, match=r"'0\.weight' and '0\.bias' both map to params\.0\.any"):
+        interop.torch_to_flax(net)
+@pytest.mark.parametrize("torch_type,mapper,pattern", [
+    (3, affine, r"torch_type must be a torch\.nn\.Module subclass, got 3"),
+    (torch.Tensor, affine, r"torch\.nn\.Module subclass, got <class 'torch\.Tensor'>"),
+    (torch.nn.Linear(2, 2), affine, r"torch_type must be .*got Linear"),
+    (Affine, "kernel", r"mapper must be a callable .*got 'kernel'"),
+], ids=["int", "tensor-type", "instance", "mapper-a-string"])
+def test_register_layout_refuses_bad_arguments(registry, torch_type, mapper, pattern):
+    with pytest.raises(TypeError, match=pattern):
+        interop.register_layout(torch_type, mapper)
+    assert registry._REGISTERED == {}
+
+
+@pytest.mark.parametrize("answer", [("params", "kernel"), ("params", "kernel", (0, 0)), ("params", "kernel", (0,)),
+                                    ("", "kernel", ()), ("params", "", ()), ("params", "kernel", [1, 0]),
+                                    ("params", 3, ()), ["params", "kernel", ()], ("params", "kernel", (True, False))],
+                         ids=["two", "repeated-axis", "too-few-axes", "no-collection", "no-name", "list-perm",
+                              "int-name", "a-list", "bool-perm"])
+def test_a_registered_mapper_giving_a_bad_answer_raises_naming_it(registry, answer):
+    interop.register_layout(Affine, lambda layer, name, ndim: answer)
+    with pytest.raises(ValueError, match=r"Flax layout of Affine maps tensor 'w' \(2 dims\) to .*"
+                                         r"expected \(collection, flax_name, perm\)"):
+        interop.torch_to_flax(torch.nn.Sequential(Affine(3, 2)))
+
+
+def test_the_unsupported_layer_error_lists_the_table(registry):
+    gru = torch.nn.Sequential(torch.nn.GRU(2, 2))
+    with pytest.raises(ValueError, match=r"supported: Conv1d, Conv2d, Conv3d, Linear, BatchNorm1d, BatchNorm2d, "
+                                         r"BatchNorm3d, LayerNorm, Embedding; interop\.register_layout adds one\)"):
+        interop.torch_to_flax(gru)
+    interop.register_layout(Affine, affine)
+    interop.register_layout(torch.nn.GroupNorm, group_norm)
+    interop.register_layout(torch.nn.Linear, affine)  # listed once, where it is looked up first
+    with pytest.raises(ValueError, match=r"supported: Linear, GroupNorm, Affine, Conv1d, Conv2d, Conv3d, "
+                                         r"BatchNorm1d, BatchNorm2d, BatchNorm3d, LayerNorm, Embedding;"):
+        interop.torch_to_flax(gru)
+
+
+def test_mixed_holds_every_built_in_layer_type():
+    """So a row added to the table is tested by the every-layer-type tests."""
+    from jaxprune.interop import _layouts
+
+    built_in = {t for types, _ in _layouts._builtin_layers() for t in types}
+    assert built_in <= {type(m) for m in Mixed().modules()}
