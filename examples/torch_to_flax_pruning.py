@@ -3,10 +3,12 @@
 Forward: a torch CNN (Conv2d-BatchNorm-ReLU-Conv2d-ReLU-Linear, eval mode, with
 non-trivial BatchNorm running statistics) is pruned with
 ``interop.prune_module`` (random structured, Ln structured, L1 and random
-unstructured rules, one key from ``--seed``). Its weights and masks move to
-Flax (``torch_to_flax`` + ``masks_to_flax``); a Linen model and the same model
-in NNX give torch's outputs, and ``jp.prune_tree`` with ``interop.flax_rules``
-reproduces torch's masks on the Flax tree, random ones included.
+unstructured rules, one key from ``--seed``). ``torch_to_flax`` exports the
+weights it computes with (``orig * mask``): a Linen model and the same model
+in NNX give torch's outputs. Its dense weights (``weights="orig"``) and masks
+(``masks_to_flax``) move to Flax too, and ``jp.prune_tree`` with
+``interop.flax_rules`` on the dense tree reproduces torch's masks, random ones
+included.
 
 Reverse: a Flax tree is pruned with native jaxprune rules (the structured axis
 picked with ``interop.flax_dim``), written into a fresh torch module as a
@@ -181,12 +183,13 @@ def torch_to_flax_direction(key: jax.Array, seed: int) -> None:
     x = make_input(seed)
     y_torch = torch_forward(model, x)
 
-    variables = interop.torch_to_flax(model)  # dense (*_orig) weights, Flax layouts
+    variables = interop.torch_to_flax(model)  # what the pruned model computes with (orig * mask), Flax layouts
+    dense = interop.torch_to_flax(model, weights="orig")  # the dense *_orig values, as torch ranked them
     _, torch_masks = interop.read_pruned(model)
     flax_masks = interop.masks_to_flax(torch_masks, model)  # torch's masks, Flax layouts
 
-    # The same rules on the Flax tree, with the same key: the same masks.
-    tree_masks = jp.prune_tree(key, variables["params"], interop.flax_rules(TORCH_RULES, model))
+    # The same rules on the dense Flax tree, with the same key: the same masks.
+    tree_masks = jp.prune_tree(key, dense["params"], interop.flax_rules(TORCH_RULES, model))
     places = interop.placements(model)
     print("masks: torch (converted with masks_to_flax) vs jp.prune_tree with interop.flax_rules")
     for name in torch_masks:
@@ -197,15 +200,18 @@ def torch_to_flax_direction(key: jax.Array, seed: int) -> None:
               f"sparsity {sparsity(ours):6.2%}  masks equal: {equal}")
         if not equal:
             raise SystemExit(f"{name}: the Flax masks differ from torch's")
+    # The dense weights with those masks are the exported effective weights.
+    if not jax.tree.all(jax.tree.map(jnp.array_equal, jp.apply_masks(dense["params"], tree_masks),
+                                     variables["params"])):
+        raise SystemExit("the dense weights with their masks differ from the effective weights")
 
-    pruned_params = jp.apply_masks(variables["params"], tree_masks)
-    y_linen = LinenCNN().apply({"params": pruned_params, "batch_stats": variables["batch_stats"]}, to_nhwc(x))
+    y_linen = LinenCNN().apply(variables, to_nhwc(x))
     print("outputs on the same batch:")
     report_diff("torch vs Flax Linen", max_abs_diff(y_torch, y_linen))
 
     # An abstract NNX model (no initializers run), filled with the converted weights.
     nnx_model = nnx.eval_shape(lambda: NnxCNN(rngs=nnx.Rngs(0)))
-    nnx.update(nnx_model, pruned_params)
+    nnx.update(nnx_model, variables["params"])
     nnx.update(nnx_model, variables["batch_stats"])
     report_diff("torch vs Flax NNX  ", max_abs_diff(y_torch, nnx_model(to_nhwc(x))))
 

@@ -12,6 +12,7 @@ from ._layouts import flax_to_torch as flax_to_torch
 from ._layouts import masks_to_flax as masks_to_flax
 from ._layouts import masks_to_torch as masks_to_torch
 from ._layouts import placements as placements
+from ._layouts import register_layout as register_layout
 from ._layouts import torch_to_flax as torch_to_flax
 from ._modules import compute_module_masks as compute_module_masks
 from ._modules import prunable_parameters as prunable_parameters
@@ -35,6 +36,7 @@ __all__ = (
     "prune_module",
     "pruned_state_dict",
     "read_pruned",
+    "register_layout",
     "to_jax",
     "to_torch",
     "torch_to_flax",

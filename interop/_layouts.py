@@ -13,8 +13,9 @@ LayerNorm              weight, bias                 params.scale, params.bias
 Embedding              weight (num, dim)            params.embedding (num, dim)
 =====================  ===========================  ==============================
 
-A module path ``features.0`` becomes the nested keys ``features -> 0`` unless
-``names`` renames it (``{"features.0": "conv1"}``). The result is Linen's
+Other layer types: :func:`register_layout`. A module path ``features.0``
+becomes the nested keys ``features -> 0`` unless ``names`` renames it
+(``{"features.0": "conv1"}``; two tensors on one Flax path raise). The result is Linen's
 variables dict (``{"params": ..., "batch_stats": ...}``); for NNX, update the
 model with each collection (``nnx.update(model, variables["params"])``).
 
@@ -63,7 +64,57 @@ class Placement:
         return self.perm.index(dim) if self.perm else dim
 
 
-def _layer_table() -> list[tuple[tuple[type, ...], Callable[[Any, str, int], tuple[str, str, tuple[int, ...]] | None]]]:
+# A layer's mapper: (layer, torch tensor name, ndim) -> (collection, Flax leaf name,
+# perm with flax = torch.permute(perm), () for none), or None: no Flax counterpart.
+Mapper = Callable[[Any, str, int], "tuple[str, str, tuple[int, ...]] | None"]
+
+# register_layout's rows, by type; the latest registration of a type replaces the earlier one.
+_REGISTERED: dict[type, Mapper] = {}
+
+
+def register_layout(torch_type: type, mapper: Mapper) -> None:
+    """Teach the torch <-> Flax conversion a layer type: ``torch_to_flax``,
+    ``flax_to_torch``, ``placements``, ``masks_to_flax`` / ``masks_to_torch``,
+    ``flax_dim`` and ``flax_rules`` then map its tensors.
+
+    ``mapper(layer, tensor_name, ndim)`` returns ``(collection, flax_name,
+    perm)`` (the Flax leaf is ``collection.<module path>.flax_name`` and equals
+    the torch tensor permuted by ``perm``, ``()`` for as it is), or None when
+    the tensor has no Flax counterpart (then the conversion raises naming it).
+    Registered types are looked up before the built-in ones, the latest first,
+    with ``isinstance`` (subclasses included), so a registration can also
+    replace a built-in layout; registering a type again replaces its mapper.
+
+    >>> import torch
+    >>> from jaxprune import interop
+    >>> class Gain(torch.nn.Module):  # y = x * gain; a Flax "scale" parameter
+    ...     def __init__(self, n: int) -> None:
+    ...         super().__init__()
+    ...         self.gain = torch.nn.Parameter(torch.full((n,), 2.0))
+    >>> interop.register_layout(Gain, lambda layer, name, ndim: ("params", "scale", ()) if name == "gain" else None)
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 2), Gain(2))
+    >>> interop.torch_to_flax(net)["params"]["1"]["scale"].tolist()
+    [2.0, 2.0]
+    >>> interop.placements(net, {"1": "gain"})["1.gain"].path
+    ('gain', 'scale')
+    """
+    if not (isinstance(torch_type, type) and issubclass(torch_type, _torch().nn.Module)):
+        raise TypeError(f"register_layout: torch_type must be a torch.nn.Module subclass, got {torch_type!r}")
+    if not callable(mapper):
+        raise TypeError(f"register_layout: mapper must be a callable (layer, name, ndim) -> "
+                        f"(collection, flax_name, perm) | None, got {mapper!r}")
+    _REGISTERED.pop(torch_type, None)
+    _REGISTERED[torch_type] = mapper
+
+
+def _layer_table() -> list[tuple[tuple[type, ...], Mapper]]:
+    """(types, mapper) rows, first match wins: the registered ones, latest
+    first, then the built-in ones (the table in the module doc)."""
+    registered = [((torch_type,), mapper) for torch_type, mapper in reversed(_REGISTERED.items())]
+    return registered + _builtin_layers()
+
+
+def _builtin_layers() -> list[tuple[tuple[type, ...], Mapper]]:
     nn = _torch().nn
 
     def conv(layer: Any, name: str, ndim: int):
@@ -89,12 +140,22 @@ def _layer_table() -> list[tuple[tuple[type, ...], Callable[[Any, str, int], tup
     ]
 
 
-def _tensors_of(layer: Any) -> dict[str, Any]:
-    """A layer's own tensors by torch name (pruned ones by their logical name)."""
+def _tensors_of(layer: Any, *, effective: bool = False) -> dict[str, Any]:
+    """A layer's own tensors by torch name (pruned ones by their logical name):
+    a pruned tensor's dense ``*_orig``, or with ``effective`` what torch's
+    forward uses (its pruning hook's ``apply_mask``, ``orig * mask``, computed
+    now: the ``weight`` attribute is stale after an optimizer step until the
+    next forward)."""
     own = [name for name in prunable_parameters(layer) if "." not in name]  # module order
+    hooks = {hook._tensor_name: hook for hook in layer._forward_pre_hooks.values()
+             if isinstance(hook, _torch().nn.utils.prune.BasePruningMethod)}
     out: dict[str, Any] = {}
     for name in own:
-        out[name] = getattr(layer, name + "_orig") if hasattr(layer, name + "_orig") else layer._parameters[name]
+        if effective and name in hooks:
+            with _torch().no_grad():
+                out[name] = hooks[name].apply_mask(layer)
+        else:
+            out[name] = getattr(layer, name + "_orig") if hasattr(layer, name + "_orig") else layer._parameters[name]
     for name, buf in layer._buffers.items():
         if buf is not None and not name.endswith("_mask") and name != "num_batches_tracked":
             out[name] = buf
@@ -104,10 +165,23 @@ def _tensors_of(layer: Any) -> dict[str, Any]:
 def placements(module: torch.nn.Module, names: Mapping[str, str] | None = None) -> dict[str, Placement]:
     """``{torch tensor name: Placement}`` for every tensor ``torch_to_flax`` converts.
 
-    Raises ``ValueError`` naming the first layer with tensors of a type it cannot map.
+    Raises ``ValueError`` naming the first layer with tensors of a type it
+    cannot map (:func:`register_layout` adds types), a ``names`` key that is no
+    module path, or two tensors that ``names`` puts on one Flax path.
+
+    >>> import torch
+    >>> from jaxprune import interop
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> place = interop.placements(net, {"0": "conv"})
+    >>> list(place), place["0.weight"].path, place["0.weight"].perm
+    (['0.weight', '0.bias', '2.weight', '2.bias'], ('conv', 'kernel'), (2, 3, 1, 0))
+    >>> interop.placements(net, {"0": "x", "2": "x"})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: torch tensors '0.weight' and '2.weight' both map to params.x.kernel; ...
     """
     table = _layer_table()
-    names = dict(names or {})
+    names = _checked_names(module, names)
     out: dict[str, Placement] = {}
     for prefix, layer in module.named_modules():
         tensors = _tensors_of(layer)
@@ -115,19 +189,70 @@ def placements(module: torch.nn.Module, names: Mapping[str, str] | None = None) 
             continue
         mapper = next((m for types, m in table if isinstance(layer, types)), None)
         if mapper is None:
+            supported = ", ".join(dict.fromkeys(t.__name__ for types, _ in table for t in types))
             raise ValueError(f"torch_to_flax: layer {prefix or '(root)'!r} of type {type(layer).__name__} has "
-                             f"tensors {sorted(tensors)} and no known Flax layout (supported: Conv1d/2d/3d, "
-                             "Linear, BatchNorm1d/2d/3d, LayerNorm, Embedding)")
+                             f"tensors {sorted(tensors)} and no known Flax layout (supported: {supported}; "
+                             "interop.register_layout adds one)")
         flax_prefix = names.get(prefix, prefix)
         for name, tensor in tensors.items():
             placed = mapper(layer, name, tensor.ndim)
             if placed is None:
                 raise ValueError(f"torch_to_flax: tensor {name!r} of layer {prefix!r} ({type(layer).__name__}) "
                                  "has no Flax counterpart")
-            collection, flax_name, perm = placed
+            collection, flax_name, perm = _checked_placement(placed, layer, name, tensor.ndim)
             path = tuple(p for p in flax_prefix.split(".") if p) + (flax_name,)
             out[f"{prefix}.{name}" if prefix else name] = Placement(collection, path, perm)
+    _check_distinct(out)
     return out
+
+
+def _checked_placement(placed: Any, layer: Any, name: str, ndim: int) -> tuple[str, str, tuple[int, ...]]:
+    """A mapper's answer, checked: (collection, flax_name, perm) with perm ()
+    or a permutation of the tensor's axes (a registered mapper may get it wrong)."""
+    ok = isinstance(placed, tuple) and len(placed) == 3
+    if ok:
+        collection, flax_name, perm = placed
+        ok = (isinstance(collection, str) and bool(collection) and isinstance(flax_name, str) and bool(flax_name)
+              and isinstance(perm, tuple) and all(isinstance(a, int) and not isinstance(a, bool) for a in perm)
+              and (perm == () or sorted(perm) == list(range(ndim))))
+    if not ok:
+        raise ValueError(f"the Flax layout of {type(layer).__name__} maps tensor {name!r} ({ndim} dims) to "
+                         f"{placed!r}; expected (collection, flax_name, perm) with non-empty names and perm () or "
+                         f"a permutation of range({ndim})")
+    return placed
+
+
+def _checked_names(module: torch.nn.Module, names: Mapping[str, str] | None) -> dict[str, str]:
+    """``names`` as a dict, refusing keys that are no module path of ``module``
+    (a typo would silently keep the torch path) and values that are not str."""
+    names = dict(names or {})
+    paths = [prefix for prefix, _ in module.named_modules(remove_duplicate=False)]
+    for path, new in names.items():
+        if path not in paths:
+            shown = ", ".join(map(repr, paths[1:21])) + (", ..." if len(paths) > 21 else "")
+            raise ValueError(f"names: no module {path!r} in the torch module (its module paths: {shown})")
+        if not isinstance(new, str):
+            raise TypeError(f"names[{path!r}] must be a str, got {new!r}")
+    return names
+
+
+def _check_distinct(out: Mapping[str, Placement]) -> None:
+    """Refuse two torch tensors at one Flax path, or one inside another's leaf
+    (``names={"0": "x", "1": "x"}``): the tree would silently keep only one."""
+    leaves: dict[tuple[str, ...], str] = {}
+    inner: dict[tuple[str, ...], str] = {}  # every proper prefix of a leaf -> that leaf's tensor
+    for name, place in out.items():
+        full = (place.collection,) + place.path
+        if full in leaves:
+            raise ValueError(f"torch tensors {leaves[full]!r} and {name!r} both map to {'.'.join(full)}; "
+                             "give their layers different names (names=)")
+        clash = inner.get(full) or next((leaves[full[:i]] for i in range(1, len(full)) if full[:i] in leaves), None)
+        if clash is not None:
+            raise ValueError(f"torch tensor {name!r} maps to {'.'.join(full)}, a path that also holds torch tensor "
+                             f"{clash!r}; give their layers different names (names=)")
+        leaves[full] = name
+        for i in range(1, len(full)):
+            inner.setdefault(full[:i], name)
 
 
 def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
@@ -144,30 +269,51 @@ def _get(tree: Mapping, path: tuple[str, ...]) -> Any:
     return tree
 
 
-def torch_to_flax(module: torch.nn.Module, *, names: Mapping[str, str] | None = None) -> dict[str, dict]:
+def torch_to_flax(module: torch.nn.Module, *, names: Mapping[str, str] | None = None,
+                  weights: str = "effective") -> dict[str, dict]:
     """A torch module's weights as Flax variables ``{"params": ..., "batch_stats": ...}``.
 
-    Pruned tensors convert their dense ``*_orig`` values (use
-    :func:`masks_to_flax` for their masks, or ``jp.apply_masks``).
+    Args:
+      module: the torch module (pruned by torch or :func:`prune_module`, or not).
+      names: ``{torch module path: Flax path}`` renames (``{"0": "conv"}``);
+        two tensors landing on one Flax path raise ``ValueError``.
+      weights: for pruned tensors, ``"effective"`` (default) converts what the
+        torch model computes with (``orig * mask``), so the Flax model gives
+        the pruned model's outputs; ``"orig"`` the dense ``*_orig`` values
+        (pair them with their masks, e.g. for a next pruning round or to keep
+        training the dense weights).
 
-    >>> import torch
+    The masks of a pruned module, in the same Flax layout, come from
+    :func:`masks_to_flax` over :func:`read_pruned`:
+
+    >>> import torch, jax, jaxprune as jp
     >>> from jaxprune import interop
-    >>> variables = interop.torch_to_flax(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Linear(8, 2)),
-    ...                                   names={"0": "conv", "1": "fc"})
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Linear(8, 2))
+    >>> variables = interop.torch_to_flax(net, names={"0": "conv", "1": "fc"})
     >>> variables["params"]["conv"]["kernel"].shape, variables["params"]["fc"]["kernel"].shape
     ((3, 3, 3, 8), (8, 2))
+    >>> _ = interop.prune_module(None, net, {"1.weight": jp.L1Unstructured(0.5)})
+    >>> pruned = interop.torch_to_flax(net)                   # what the pruned model computes with
+    >>> dense = interop.torch_to_flax(net, weights="orig")    # the dense *_orig values
+    >>> masks = interop.masks_to_flax(interop.read_pruned(net)[1], net)
+    >>> int((pruned["params"]["1"]["kernel"] == 0).sum()), int((~masks["1"]["kernel"]).sum())
+    (8, 8)
+    >>> bool((jp.apply_masks(dense["params"], masks)["1"]["kernel"] == pruned["params"]["1"]["kernel"]).all())
+    True
     """
-    tensors = dict(_named_tensors(module))
+    if not isinstance(weights, str) or weights not in ("effective", "orig"):
+        raise ValueError(f"torch_to_flax: weights must be 'effective' or 'orig', got {weights!r}")
+    tensors = dict(_named_tensors(module, effective=weights == "effective"))
     out: dict[str, dict] = {}
     for name, place in placements(module, names).items():
         _set(out.setdefault(place.collection, {}), place.path, place.to_flax(to_jax(tensors[name], copy=True)))
     return out
 
 
-def _named_tensors(module: torch.nn.Module) -> list[tuple[str, Any]]:
+def _named_tensors(module: torch.nn.Module, *, effective: bool = False) -> list[tuple[str, Any]]:
     items = []
     for prefix, layer in module.named_modules():
-        for name, tensor in _tensors_of(layer).items():
+        for name, tensor in _tensors_of(layer, effective=effective).items():
             items.append((f"{prefix}.{name}" if prefix else name, tensor))
     return items
 
@@ -178,7 +324,16 @@ def flax_to_torch(variables: Mapping[str, Mapping], module: torch.nn.Module, *,
 
     Every tensor is checked first (a missing leaf or a shape mismatch raises
     ``ValueError`` naming it, and nothing is written); then all are copied in.
-    For a pruned tensor, the dense value goes to ``<name>_orig``.
+    For a pruned tensor, the value goes to ``<name>_orig`` and its mask stays:
+    variables exported with the default ``weights="effective"`` give the
+    same outputs, with the pruned entries of ``*_orig`` now zero.
+
+    >>> import torch
+    >>> from jaxprune import interop
+    >>> source, target = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    >>> _ = interop.flax_to_torch(interop.torch_to_flax(source), target)
+    >>> torch.equal(target.weight, source.weight)
+    True
     """
     torch = _torch()
     tensors = dict(_named_tensors(module))

@@ -133,6 +133,11 @@ def prune_module(
     """Prune a torch module's parameters with jaxprune specs, installing torch's
     reparametrization (see the module doc). Returns the module.
 
+    All or nothing: when a rule is refused, or torch's own install step fails
+    (any exception, a MemoryError, Ctrl-C), every submodule touched is put
+    back as it was (parameters, buffers, hooks in their order, state_dict key
+    order) and the failure is re-raised as it was raised.
+
     Args:
       key: PRNG key for random specs (None is fine when none is random).
       module: the torch module.
@@ -150,34 +155,47 @@ def prune_module(
     """
     masks = compute_module_masks(key, module, rules, importance_scores=importance_scores)
     params = prunable_parameters(module)
-    installed: list[tuple[Any, str, dict[str, Any]]] = []
+    touched: list[tuple[Any, str, dict[str, Any]]] = []
     prune = _torch().nn.utils.prune
     try:
         for name, mask in masks.items():
             sub, attr = params[name]
-            before = _save_state(sub, attr)
             current = _current(sub, attr)[0]
             # The mask goes where the parameter is (jax may have computed it on
             # another device, e.g. its default GPU for a CPU module).
             mask_tensor = to_torch(mask, copy=True).to(device=current.device, dtype=current.dtype)
+            # Saved before torch starts: its own rollback covers only some of its
+            # steps and no BaseException, so the failing submodule needs ours too.
+            touched.append((sub, attr, _save_state(sub, attr)))
             prune.custom_from_mask(sub, attr, mask=mask_tensor)
-            installed.append((sub, attr, before))
-    except BaseException:
-        for sub, attr, before in reversed(installed):
+    except BaseException as error:
+        for sub, attr, before in reversed(touched):
             _restore_state(sub, attr, before)
-        raise
-    return module
+        failure = _first_failure(error, prune)
+        if failure is error:
+            raise
+    else:
+        return module
+    raise failure  # outside the handler, so the original failure gets no torch error as its context
 
 
 _MISSING = object()
 
 
 def _save_state(sub: torch.nn.Module, name: str) -> dict[str, Any]:
-    """Everything torch's reparametrization touches on ``sub``, in order."""
+    """Everything torch's reparametrization touches on ``sub``, in order: the
+    parameter, buffer and hook dicts (their key order is the state_dict's and
+    the hooks' order), the plain ``name`` attribute, and the methods of each
+    ``PruningContainer`` hook (``add_pruning_method`` grows them in place)."""
+    containers = _torch().nn.utils.prune.PruningContainer
     return {
         "parameters": dict(sub._parameters),
         "buffers": dict(sub._buffers),
+        "non_persistent": set(sub._non_persistent_buffers_set),
         "hooks": dict(sub._forward_pre_hooks),
+        "hooks_with_kwargs": dict(sub._forward_pre_hooks_with_kwargs),
+        "containers": [(hook, hook._pruning_methods) for hook in sub._forward_pre_hooks.values()
+                       if isinstance(hook, containers)],
         "plain": sub.__dict__.get(name, _MISSING),
     }
 
@@ -185,12 +203,45 @@ def _save_state(sub: torch.nn.Module, name: str) -> dict[str, Any]:
 def _restore_state(sub: torch.nn.Module, name: str, state: dict[str, Any]) -> None:
     """Put back what :func:`_save_state` saw, with the same objects and order."""
     for live, saved in ((sub._parameters, state["parameters"]), (sub._buffers, state["buffers"]),
-                        (sub._forward_pre_hooks, state["hooks"])):
+                        (sub._forward_pre_hooks, state["hooks"]),
+                        (sub._forward_pre_hooks_with_kwargs, state["hooks_with_kwargs"])):
         live.clear()
         live.update(saved)
+    sub._non_persistent_buffers_set.clear()
+    sub._non_persistent_buffers_set.update(state["non_persistent"])
+    for container, methods in state["containers"]:
+        container._pruning_methods = methods
     sub.__dict__.pop(name, None)
     if state["plain"] is not _MISSING:
         sub.__dict__[name] = state["plain"]
+
+
+def _first_failure(error: BaseException, prune: Any) -> BaseException:
+    """The failure to report for ``error`` raised by ``custom_from_mask``.
+
+    On a first pruning, torch's own rollback (``except Exception`` in
+    ``BasePruningMethod.apply``) re-registers the parameter while the plain
+    attribute it has just set is still there, and raises ``KeyError: "attribute
+    'weight' already exists"`` over the real failure (a MemoryError, say).
+    That KeyError is recognised by its context: raised while handling an
+    exception that passed through the same ``apply`` call (the one handler in
+    it is the rollback). Then the real failure is reported, as it was raised.
+    """
+    cause = error.__context__
+    if cause is None:
+        return error
+    apply_code = prune.BasePruningMethod.apply.__func__.__code__
+    frames = [{id(frame) for frame in _frames(e) if frame.f_code is apply_code} for e in (error, cause)]
+    return cause if frames[0] & frames[1] else error
+
+
+def _frames(error: BaseException) -> list[Any]:
+    frames = []
+    tb = error.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    return frames
 
 
 # --------------------------------------------------------------------------

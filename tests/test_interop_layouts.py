@@ -129,8 +129,8 @@ def test_pruned_cnn_converts_with_its_masks():
     net = cnn()
     interop.prune_module(jax.random.key(0), net, {"0.weight": jp.RandomStructured(0.25, dim=0),
                                                   "4.weight": jp.L1Unstructured(0.5), "1.bias": jp.L1Unstructured(2)})
-    variables = interop.torch_to_flax(net, names=NAMES)
-    # The dense *_orig values travel; the masks travel separately.
+    variables = interop.torch_to_flax(net, names=NAMES, weights="orig")
+    # weights="orig": the dense *_orig values travel; the masks travel separately.
     np.testing.assert_array_equal(np.asarray(variables["params"]["fc"]["kernel"]),
                                   net[4].weight_orig.detach().numpy().T)
     _, masks = interop.read_pruned(net)
@@ -170,6 +170,123 @@ def test_conversion_is_a_snapshot():
     with torch.no_grad():
         net[4].weight.mul_(2)
     np.testing.assert_array_equal(np.asarray(variables["params"]["fc"]["kernel"]), kept)
+
+
+# --------------------------------------------------------------------------
+# A pruned torch model exports its effective weights
+# --------------------------------------------------------------------------
+
+
+def pruned_twice_cnn() -> torch.nn.Sequential:
+    """The CNN pruned by jaxprune, then by torch on top (PruningContainer hooks)."""
+    net = cnn()
+    interop.prune_module(jax.random.key(0), net, {"0.weight": jp.RandomStructured(0.25, dim=0),
+                                                  "1.weight": jp.L1Unstructured(2), "4.weight": jp.L1Unstructured(0.5)})
+    prune.random_unstructured(net[0], "weight", 0.3)
+    prune.l1_unstructured(net[4], "weight", 0.2)
+    prune.l1_unstructured(net[4], "bias", 3)
+    return net
+
+
+def pruned_once_cnn() -> torch.nn.Sequential:
+    net = cnn()
+    interop.prune_module(jax.random.key(0), net, {"0.weight": jp.LnStructured(0.5, n=2, dim=0),
+                                                  "*.bias": jp.RandomUnstructured(0.5)})
+    return net
+
+
+@pytest.mark.parametrize("make", [pruned_once_cnn, pruned_twice_cnn], ids=["pruned-once", "pruned-twice"])
+def test_a_pruned_cnn_converts_to_flax_models_that_compute_the_pruned_outputs(make):
+    net = make()
+    x = images()
+    expected = torch_out(net, x)
+    variables = interop.torch_to_flax(net, names=NAMES)
+    np.testing.assert_allclose(np.asarray(LinenCNN().apply(variables, nhwc(x))), expected, atol=1e-5)
+    model = abstract_nnx_cnn()
+    nnx.update(model, variables["params"])
+    nnx.update(model, variables["batch_stats"])
+    np.testing.assert_allclose(np.asarray(model(nhwc(x))), expected, atol=1e-5)
+    # The effective weights are exactly orig * mask; "orig" gives the dense ones, and its outputs differ.
+    for name, place in interop.placements(net, NAMES).items():
+        layer, attr = name.rsplit(".", 1)
+        sub = net.get_submodule(layer)
+        dense = getattr(sub, attr + "_orig", getattr(sub, attr)).detach()
+        effective = dense * getattr(sub, attr + "_mask") if hasattr(sub, attr + "_mask") else dense
+        got = np.asarray(place.to_torch_layout(leaf(variables[place.collection], ".".join(place.path))))
+        np.testing.assert_array_equal(got, effective.numpy(), err_msg=name)
+    dense = interop.torch_to_flax(net, names=NAMES, weights="orig")
+    assert not np.allclose(np.asarray(LinenCNN().apply(dense, nhwc(x))), expected, atol=1e-3)
+    _, masks = interop.read_pruned(net)
+    masked = jp.apply_masks(dense["params"], interop.masks_to_flax(masks, net, names=NAMES))
+    np.testing.assert_array_equal(np.asarray(masked["fc"]["kernel"]), np.asarray(variables["params"]["fc"]["kernel"]))
+
+
+def test_a_pruned_linear_converts_to_a_dense_layer_with_the_pruned_outputs():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(6, 4)
+    interop.prune_module(jax.random.key(0), net, {"weight": jp.L1Unstructured(0.5), "bias": jp.RandomUnstructured(2)})
+    x = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
+    out = nn.Dense(4).apply(interop.torch_to_flax(net), jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(out), torch_out(net, x), atol=1e-6)
+    assert int((interop.torch_to_flax(net)["params"]["kernel"] == 0).sum()) == 12
+
+
+def test_effective_weights_follow_orig_changed_since_the_last_forward():
+    """An optimizer step changes weight_orig; torch's stale ``weight`` attribute
+    is refreshed only by the next forward. The export computes orig * mask now."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(6, 4)
+    interop.prune_module(None, net, {"weight": jp.L1Unstructured(0.5)})
+    with torch.no_grad():
+        net.weight_orig.add_(1.0)
+    kernel = np.asarray(interop.torch_to_flax(net)["params"]["kernel"])
+    np.testing.assert_array_equal(kernel, (net.weight_orig * net.weight_mask).detach().numpy().T)
+
+
+@pytest.mark.parametrize("weights", ["dense", "", None, 1, "Orig"])
+def test_torch_to_flax_rejects_an_unknown_weights_choice(weights):
+    with pytest.raises(ValueError, match=r"weights must be 'effective' or 'orig', got " + re.escape(repr(weights))):
+        interop.torch_to_flax(cnn(), weights=weights)
+
+
+# --------------------------------------------------------------------------
+# names: renaming must not merge layers
+# --------------------------------------------------------------------------
+
+
+COLLIDING_NAMES: dict[str, tuple[dict[str, str], str]] = {
+    "both-renamed": ({"0": "x", "4": "x"}, r"'0\.weight' and '4\.weight' both map to params\.x\.kernel"),
+    "renamed-onto-another": ({"0": "4"}, r"'0\.weight' and '4\.weight' both map to params\.4\.kernel"),
+    "dotted-onto-nested": ({"0": "a.b", "4": "a"}, None),
+    "leaf-under-a-leaf": ({"0": "fc.kernel", "4": "fc"}, r"'4\.weight'.*params\.fc\.kernel.*'0\.weight'"),
+}
+
+
+@pytest.mark.parametrize("case", list(COLLIDING_NAMES), ids=list(COLLIDING_NAMES))
+def test_names_mapping_two_tensors_to_one_flax_path_are_refused(case):
+    names, pattern = COLLIDING_NAMES[case]
+    net = cnn()
+    if pattern is None:  # a.b.kernel beside a.kernel: no collision
+        assert interop.torch_to_flax(net, names=names)["params"]["a"]["b"]["kernel"].shape == (3, 3, 3, 8)
+        return
+    good = interop.torch_to_flax(net)
+    calls = [lambda: interop.torch_to_flax(net, names=names), lambda: interop.placements(net, names),
+             lambda: interop.flax_to_torch(good, net, names=names),
+             lambda: interop.masks_to_flax({}, net, names=names), lambda: interop.masks_to_torch({}, net, names=names),
+             lambda: interop.flax_dim(net, "0.weight", 0, names=names),
+             lambda: interop.flax_rules({"0.weight": jp.L1Unstructured(0.5)}, net, names=names)]
+    for call in calls:
+        with pytest.raises(ValueError, match=pattern):
+            call()
+
+
+def test_names_for_a_module_path_the_model_lacks_are_refused():
+    with pytest.raises(ValueError, match=r"names: no module '5' in the torch module.*'0', '1', '2', '3', '4'"):
+        interop.torch_to_flax(cnn(), names={"0": "conv", "5": "fc"})
+    with pytest.raises(TypeError, match=r"names\['0'\] must be a str, got 3"):
+        interop.placements(cnn(), {"0": 3})
+    # A module without tensors may be named (it changes nothing).
+    assert interop.placements(cnn(), {"2": "relu"}) == interop.placements(cnn())
 
 
 # --------------------------------------------------------------------------
@@ -682,3 +799,135 @@ def test_torch_to_flax_example_runs_and_reports_equal_masks_and_outputs():
     assert len(installed) == 7 and all(eq == "True" for _, eq in installed)
     assert re.search(r"all-zero mask: \[\d+, \d+\] \(same as Flax: True\)", out)
     assert out.rstrip().endswith("all checks passed")
+
+
+# --------------------------------------------------------------------------
+# register_layout: other layer types, and the table it extends
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """An empty registry for the test; the one before comes back afterwards."""
+    from jaxprune.interop import _layouts
+
+    monkeypatch.setattr(_layouts, "_REGISTERED", {})
+    return _layouts
+
+
+def group_norm(layer: torch.nn.Module, name: str, ndim: int) -> Any:
+    return {"weight": ("params", "scale", ()), "bias": ("params", "bias", ())}.get(name)
+
+
+class Affine(torch.nn.Module):
+    """A custom layer: y = x @ w.T + b, Flax-side ``kernel`` (in, out) and ``bias``."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(n_out, n_in))
+        self.b = torch.nn.Parameter(torch.randn(n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w.T + self.b
+
+
+def affine(layer: torch.nn.Module, name: str, ndim: int) -> Any:
+    return {"w": ("params", "kernel", (1, 0)), "b": ("params", "bias", ())}.get(name)
+
+
+def test_a_registered_layer_converts_both_ways_and_computes_the_same(registry):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), _bn_stats(torch.nn.GroupNorm(2, 4)))
+    with pytest.raises(ValueError, match=r"'1' of type GroupNorm .*supported: .*Embedding; "
+                                         r"interop\.register_layout adds one"):
+        interop.torch_to_flax(net)
+    interop.register_layout(torch.nn.GroupNorm, group_norm)
+    variables = interop.torch_to_flax(net, names={"0": "conv", "1": "norm"})
+    assert jax.tree.map(jnp.shape, variables) == {
+        "params": {"conv": {"kernel": (3, 3, 3, 4), "bias": (4,)}, "norm": {"scale": (4,), "bias": (4,)}}}
+
+    class Linen(nn.Module):
+        @nn.compact
+        def __call__(self, x: jax.Array) -> jax.Array:
+            x = nn.Conv(4, (3, 3), padding="VALID", name="conv")(x)
+            return nn.GroupNorm(num_groups=2, epsilon=1e-5, name="norm")(x)
+
+    x = images()
+    np.testing.assert_allclose(np.moveaxis(np.asarray(Linen().apply(variables, nhwc(x))), -1, 1), torch_out(net, x),
+                               atol=1e-5)
+    torch.manual_seed(1)
+    target = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4))
+    interop.flax_to_torch(variables, target, names={"0": "conv", "1": "norm"})
+    for name, tensor in net.state_dict().items():
+        assert torch.equal(target.state_dict()[name], tensor), name
+
+
+def test_a_registered_layer_carries_masks_flax_dims_and_flax_rules(registry):
+    interop.register_layout(Affine, affine)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(Affine(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    assert interop.flax_dim(net, "0.w", 0) == 1
+    rules = {"0.w": jp.RandomStructured(0.4, dim=0), "0.b": jp.RandomUnstructured(2), "2.weight": jp.LnStructured(
+        0.5, n=1, dim=1)}
+    check_flax_rules(jax.random.key(4), net, rules, names={"0": "affine"})
+    x = np.random.default_rng(0).standard_normal((2, 6)).astype(np.float32)
+    params = interop.torch_to_flax(net, names={"0": "affine"})["params"]
+    out = jnp.maximum(jnp.asarray(x) @ params["affine"]["kernel"] + params["affine"]["bias"][None], 0)
+    out = out @ params["2"]["kernel"] + params["2"]["bias"][None]
+    np.testing.assert_allclose(np.asarray(out), torch_out(net, x), atol=1e-5)  # the pruned outputs
+
+
+def test_register_layout_replaces_a_builtin_and_its_own_earlier_registration(registry):
+    net = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    interop.register_layout(torch.nn.Linear, lambda layer, name, ndim: ("params", name[0], (1, 0) if ndim == 2 else ()))
+    assert jax.tree.map(jnp.shape, interop.torch_to_flax(net)["params"]) == {"0": {"w": (4, 2), "b": (2,)}}
+    interop.register_layout(torch.nn.Linear, lambda layer, name, ndim: ("params", name.upper(), ()))
+    assert jax.tree.map(jnp.shape, interop.torch_to_flax(net)["params"]) == {"0": {"WEIGHT": (2, 4), "BIAS": (2,)}}
+    assert list(registry._REGISTERED) == [torch.nn.Linear]
+    # A base type covers its subclasses, and the latest registration is looked up first.
+    interop.register_layout(torch.nn.Module, lambda layer, name, ndim: ("params", "any", ()))
+    with pytest.raises(ValueError, match=r"'0\.weight' and '0\.bias' both map to params\.0\.any"):
+        interop.torch_to_flax(net)
+@pytest.mark.parametrize("torch_type,mapper,pattern", [
+    (3, affine, r"torch_type must be a torch\.nn\.Module subclass, got 3"),
+    (torch.Tensor, affine, r"torch\.nn\.Module subclass, got <class 'torch\.Tensor'>"),
+    (torch.nn.Linear(2, 2), affine, r"torch_type must be .*got Linear"),
+    (Affine, "kernel", r"mapper must be a callable .*got 'kernel'"),
+], ids=["int", "tensor-type", "instance", "mapper-a-string"])
+def test_register_layout_refuses_bad_arguments(registry, torch_type, mapper, pattern):
+    with pytest.raises(TypeError, match=pattern):
+        interop.register_layout(torch_type, mapper)
+    assert registry._REGISTERED == {}
+
+
+@pytest.mark.parametrize("answer", [("params", "kernel"), ("params", "kernel", (0, 0)), ("params", "kernel", (0,)),
+                                    ("", "kernel", ()), ("params", "", ()), ("params", "kernel", [1, 0]),
+                                    ("params", 3, ()), ["params", "kernel", ()], ("params", "kernel", (True, False))],
+                         ids=["two", "repeated-axis", "too-few-axes", "no-collection", "no-name", "list-perm",
+                              "int-name", "a-list", "bool-perm"])
+def test_a_registered_mapper_giving_a_bad_answer_raises_naming_it(registry, answer):
+    interop.register_layout(Affine, lambda layer, name, ndim: answer)
+    with pytest.raises(ValueError, match=r"Flax layout of Affine maps tensor 'w' \(2 dims\) to .*"
+                                         r"expected \(collection, flax_name, perm\)"):
+        interop.torch_to_flax(torch.nn.Sequential(Affine(3, 2)))
+
+
+def test_the_unsupported_layer_error_lists_the_table(registry):
+    gru = torch.nn.Sequential(torch.nn.GRU(2, 2))
+    with pytest.raises(ValueError, match=r"supported: Conv1d, Conv2d, Conv3d, Linear, BatchNorm1d, BatchNorm2d, "
+                                         r"BatchNorm3d, LayerNorm, Embedding; interop\.register_layout adds one\)"):
+        interop.torch_to_flax(gru)
+    interop.register_layout(Affine, affine)
+    interop.register_layout(torch.nn.GroupNorm, group_norm)
+    interop.register_layout(torch.nn.Linear, affine)  # listed once, where it is looked up first
+    with pytest.raises(ValueError, match=r"supported: Linear, GroupNorm, Affine, Conv1d, Conv2d, Conv3d, "
+                                         r"BatchNorm1d, BatchNorm2d, BatchNorm3d, LayerNorm, Embedding;"):
+        interop.torch_to_flax(gru)
+
+
+def test_mixed_holds_every_built_in_layer_type():
+    """So a row added to the table is tested by the every-layer-type tests."""
+    from jaxprune.interop import _layouts
+
+    built_in = {t for types, _ in _layouts._builtin_layers() for t in types}
+    assert built_in <= {type(m) for m in Mixed().modules()}

@@ -734,3 +734,104 @@ def test_a_failure_while_installing_rolls_back_what_was_installed(monkeypatch, a
     assert {name: p for name, p in net.named_parameters()} == params_before
     assert [dict(m._forward_pre_hooks) for m in net] == hooks_before
     assert prune.is_pruned(net) == already_pruned
+
+
+# --------------------------------------------------------------------------
+# torch's own install step failing: every step, every kind of failure
+# --------------------------------------------------------------------------
+
+# The calls custom_from_mask makes in turn, as (owner, attribute, which module
+# states reach them): "fresh" = never pruned, "single" = one torch pruning method
+# on the tensor, "container" = a PruningContainer already.
+INSTALL_STEPS: list[tuple[str, Any, str, tuple[str, ...]]] = [
+    ("PruningContainer.__init__", prune.PruningContainer, "__init__", ("single",)),
+    ("add_pruning_method", prune.PruningContainer, "add_pruning_method", ("single", "container")),
+    ("register_parameter", torch.nn.Module, "register_parameter", ("fresh",)),
+    ("ones_like", torch, "ones_like", ("fresh",)),
+    ("compute_mask", prune.CustomFromMask, "compute_mask", ("fresh", "single", "container")),
+    ("register_buffer", torch.nn.Module, "register_buffer", ("fresh", "single", "container")),
+    ("apply_mask", prune.BasePruningMethod, "apply_mask", ("fresh", "single", "container")),
+    ("setattr-weight", torch.nn.Module, "__setattr__", ("fresh", "single", "container")),
+    ("register_forward_pre_hook", torch.nn.Module, "register_forward_pre_hook", ("fresh", "single", "container")),
+]
+INSTALL_CASES = [(step, state) for step in INSTALL_STEPS for state in step[3]]
+FAILURE_KINDS: list[Callable[[], BaseException]] = [
+    lambda: RuntimeError("injected"), lambda: MemoryError("injected"), lambda: KeyboardInterrupt("injected")]
+
+
+def deep_snapshot(module: torch.nn.Module, x: torch.Tensor) -> dict[str, Any]:
+    """``snapshot`` plus the forward output and what the hooks hold: the
+    PruningContainer's methods, the hook dicts' keys, the non-persistent buffers."""
+    out = snapshot(module)
+    with torch.no_grad():
+        out["forward"] = module(x).clone()
+    out["hook_state"] = {
+        name: ([(k, id(h), tuple(map(id, h._pruning_methods)) if isinstance(h, prune.PruningContainer) else None)
+                for k, h in sub._forward_pre_hooks.items()],
+               sorted(sub._forward_pre_hooks_with_kwargs), sorted(sub._non_persistent_buffers_set),
+               sorted(k for k in vars(sub) if not k.startswith("_")))
+        for name, sub in module.named_modules()}
+    return out
+
+
+def assert_same_deep_snapshot(before: dict[str, Any], after: dict[str, Any]) -> None:
+    assert_same_snapshot(before, after)
+    assert before["hook_state"] == after["hook_state"]
+    assert torch.equal(before["forward"], after["forward"])
+
+
+@pytest.mark.parametrize("fail_at", ["first", "second"])
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("make_error", FAILURE_KINDS, ids=["Exception", "MemoryError", "KeyboardInterrupt"])
+@pytest.mark.parametrize("step,state", INSTALL_CASES, ids=[f"{s[0]}-{state}" for s, state in INSTALL_CASES])
+def test_torch_failing_at_any_install_step_leaves_the_module_exactly_as_it_was(
+        monkeypatch, step, state, make_error, when, fail_at):
+    """A failure inside torch's custom_from_mask (an exception, MemoryError,
+    Ctrl-C), before or after each call it makes, on the first tensor installed
+    or the second: the module equals its snapshot (the failing submodule
+    included) and the very same exception comes out."""
+    net = cnn().eval()
+    for sub in (net[0], net[4]):
+        if state in ("single", "container"):
+            prune.l1_unstructured(sub, "weight", 3)
+        if state == "container":
+            prune.random_unstructured(sub, "weight", 2)
+    x = cnn_input()
+    before = deep_snapshot(net, x)
+    name, owner, attr, _ = step
+    error = make_error()
+    real = getattr(owner, attr)
+    armed = {"install": 0, "inside": False, "fired": False}
+
+    def injected(*args, **kwargs):
+        target = armed["inside"] and armed["install"] == (1 if fail_at == "first" else 2) and not armed["fired"]
+        if target and attr == "__setattr__":
+            target = args[1] == "weight"
+        if target and when == "before":
+            armed["fired"] = True
+            raise error
+        result = real(*args, **kwargs)
+        if target:
+            armed["fired"] = True
+            raise error
+        return result
+
+    real_install = prune.custom_from_mask
+
+    def install(module, name, mask):
+        armed["install"] += 1
+        armed["inside"] = True
+        try:
+            return real_install(module, name, mask)
+        finally:
+            armed["inside"] = False
+
+    monkeypatch.setattr(owner, attr, injected)
+    monkeypatch.setattr(prune, "custom_from_mask", install)
+    with pytest.raises(type(error)) as caught:
+        interop.prune_module(None, net, {"0.weight": jp.L1Unstructured(0.3), "4.weight": jp.L1Unstructured(0.3)})
+    monkeypatch.undo()
+    assert armed["fired"], f"{name} was never called"
+    assert caught.value is error
+    assert_same_deep_snapshot(before, deep_snapshot(net, x))
+    assert prune.is_pruned(net) == (state != "fresh")
