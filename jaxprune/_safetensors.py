@@ -44,7 +44,6 @@ DTYPES: dict[str, np.dtype] = {
     "I8": np.dtype("i1"),
     "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
     "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
-    "F8_E8M0": np.dtype(ml_dtypes.float8_e8m0fnu),
     "I16": np.dtype("<i2"),
     "U16": np.dtype("<u2"),
     "F16": np.dtype("<f2"),
@@ -57,6 +56,8 @@ DTYPES: dict[str, np.dtype] = {
     "I64": np.dtype("<i8"),
     "U64": np.dtype("<u8"),
 }
+if hasattr(ml_dtypes, "float8_e8m0fnu"):  # newer ml_dtypes only
+    DTYPES["F8_E8M0"] = np.dtype(ml_dtypes.float8_e8m0fnu)
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
 _PACKED = ("F4", "F6_E2M3", "F6_E3M2")  # several elements per byte: no NumPy dtype holds them
 

@@ -151,8 +151,9 @@ def _state_dict_keys(node: Any, is_tensor: Callable[[Any], bool], prefix: str = 
     return found
 
 
-_TORCH_VIEWS = {"bfloat16": (np.int16, ml_dtypes.bfloat16), "float8_e4m3fn": (np.uint8, ml_dtypes.float8_e4m3fn),
-                "float8_e5m2": (np.uint8, ml_dtypes.float8_e5m2), "float8_e8m0fnu": (np.uint8, ml_dtypes.float8_e8m0fnu)}
+# torch dtypes NumPy lacks: moved as raw bits through an integer view (by name; both sides call them the same)
+_TORCH_VIEWS = {name: (np.int16 if name == "bfloat16" else np.uint8, getattr(ml_dtypes, name))
+                for name in ("bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e8m0fnu") if hasattr(ml_dtypes, name)}
 
 
 def _torch_to_numpy(torch: Any, t: Any, name: str) -> np.ndarray:
