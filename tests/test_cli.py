@@ -529,25 +529,41 @@ def test_an_output_that_is_the_input_or_the_other_output_is_refused(files, tmp_p
     assert model.read_bytes() != original
 
 
-def test_names_are_escaped_tables_in_natural_order_and_no_seed_for_deterministic_rules(tmp_path):
+@pytest.fixture
+def odd_names(tmp_path):
     from jaxprune.cli import write_checkpoint
 
     path = tmp_path / "in.safetensors"
     names = ["features.10.weight", "features.3.weight", "features.3.bias", "evil\x1b[2J.weight"]
     write_checkpoint(str(path), {name: np.arange(1.0, 5.0, dtype=np.float32).reshape(2, 2) for name in names})
-    stdout = run_ok("prune", path, "-o", tmp_path / "out.safetensors", "--rule", "*.weight=l1:0.5")
-    assert "\x1b" not in stdout and "evil\\x1b[2J.weight" in stdout
+    return path
+
+
+def test_names_with_terminal_escapes_are_escaped_in_tables_and_errors(odd_names, tmp_path):
+    """A name holding \x1b[2J cleared the user's screen."""
+    stdout = run_ok("prune", odd_names, "-o", tmp_path / "out.safetensors", "--rule", "*.weight=l1:0.5", "--seed", "0")
+    report = run_ok("report", tmp_path / "out.safetensors")
+    error = run_cli("prune", odd_names, "-o", tmp_path / "o.safetensors", "--rule", "nothing=l1:1", "--seed", "0")
+    for text in (stdout, report, error.stderr):
+        assert "\x1b" not in text and "evil\\x1b[2J.weight" in text
+    assert_error(error, "'nothing'")
+
+
+def test_tables_list_tensors_in_natural_order_and_files_keep_sorted_names(odd_names, tmp_path):
+    """features.10 was listed before features.3."""
+    from jaxprune import _safetensors
+
+    stdout = run_ok("prune", odd_names, "-o", tmp_path / "out.safetensors", "--rule", "*.weight=l1:0.5", "--seed", "0")
     assert [line.split()[0] for line in stdout.splitlines()[1:5]] == [
         "evil\\x1b[2J.weight", "features.3.bias", "features.3.weight", "features.10.weight"]
-    stored, _ = __import__("jaxprune._safetensors", fromlist=["read"]).read(tmp_path / "out.safetensors")
-    assert list(stored) == sorted(names)  # files keep sorted bytes
-    report = run_ok("report", tmp_path / "out.safetensors")
-    assert "\x1b" not in report and [line.split()[0] for line in report.splitlines()[1:5]][-1] == "features.10.weight"
-    doc = json.loads(run_ok("prune", path, "-o", tmp_path / "o.safetensors", "--rule", "*.weight=l1:1", "--json"))
+    stored, _ = _safetensors.read(tmp_path / "out.safetensors")
+    assert list(stored) == sorted(stored) and len(stored) == 4
+
+
+def test_deterministic_rules_need_no_seed(odd_names, tmp_path):
+    """--seed was required even when no rule is random."""
+    doc = json.loads(run_ok("prune", odd_names, "-o", tmp_path / "o.safetensors", "--rule", "*.weight=l1:1", "--json"))
     assert doc["seed"] is None and doc["total"]["pruned"] == 3
-    error = run_cli("prune", path, "-o", tmp_path / "o.safetensors", "--rule", "nothing=l1:1")
-    assert_error(error, "'nothing'", "evil\\x1b[2J.weight")
-    assert "\x1b" not in error.stderr
 
 
 def test_a_broken_pipe_exits_quietly(files, tmp_path):

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import jaxprune as jp
 
@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def _add_prune(sub: argparse._SubParsersAction) -> None:
+def _add_prune(sub: Any) -> None:  # argparse._SubParsersAction, a private name
     p = sub.add_parser(
         "prune", help="prune a .safetensors or torch .pt checkpoint by rules",
         description="Prune the tensors of a checkpoint by rules, reproducibly.\n\n" + grammar(),
