@@ -8,7 +8,7 @@ kernel sparsity, checks that every pruned weight is exactly 0, writes a plot,
 and with ``--out-dir`` saves the final params and masks as safetensors.
 
 Run (from the repository root; needs the ``examples`` extra: flax, optax,
-scikit-learn, matplotlib, safetensors)::
+scikit-learn, matplotlib)::
 
     python examples/prune_digits.py [--seed 0] [--steps 2000] [--plot prune_digits.png] [--out-dir DIR]
 

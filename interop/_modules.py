@@ -28,6 +28,7 @@ import numpy as np
 
 import jaxprune as jp
 from jaxprune._plan import Plan, check_key_for, compute_masks, plan
+from jaxprune._state_dicts import join_pairs, kept, split_pairs
 
 from ._tensors import _torch, to_jax, to_torch
 
@@ -118,7 +119,7 @@ def compute_module_masks(
         # Snapshots: later changes to the module never reach these arrays.
         leaves[a.index] = to_jax(tensor, copy=True)
         scores[a.index] = None if given is None else to_jax(given, copy=True)
-        default_masks[a.index] = None if mask is None else to_jax(mask != 0, copy=True)  # nonzero = kept
+        default_masks[a.index] = None if mask is None else to_jax(kept(mask), copy=True)
     masks = compute_masks(p, key, leaves, default_masks=default_masks, scores=scores)
     return jax.block_until_ready({names[a.index]: masks[a.index] for a in p.assignments})
 
@@ -266,17 +267,9 @@ def read_pruned(source: torch.nn.Module | Mapping[str, torch.Tensor]) -> tuple[d
     """
     torch = _torch()
     state = source.state_dict() if isinstance(source, torch.nn.Module) else dict(source)
-    weights: dict[str, jax.Array] = {}
-    masks: dict[str, jax.Array] = {}
-    for key, value in state.items():
-        if key.endswith("_orig") and key[: -len("_orig")] + "_mask" in state:
-            name = key[: -len("_orig")]
-            weights[name] = to_jax(value, copy=True)
-            masks[name] = to_jax(state[name + "_mask"] == 1, copy=True)
-        elif key.endswith("_mask") and key[: -len("_mask")] + "_orig" in state:
-            continue
-        elif isinstance(value, torch.Tensor):
-            weights[key] = to_jax(value, copy=True)
+    dense, stored = split_pairs({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
+    weights = {name: to_jax(value, copy=True) for name, value in dense.items()}
+    masks = {name: to_jax(kept(mask), copy=True) for name, mask in stored.items()}
     return weights, masks
 
 
@@ -293,18 +286,11 @@ def pruned_state_dict(
     >>> sorted(sd), sd["weight_mask"]
     (['bias', 'weight_mask', 'weight_orig'], tensor([[1., 0.]]))
     """
-    unknown = set(masks) - set(weights)
-    if unknown:
-        raise ValueError(f"masks for tensors that have no weights: {sorted(unknown)}")
-    out = {}
-    for name, weight in weights.items():
-        tensor = to_torch(np.asarray(weight), copy=True)
-        if name in masks and masks[name] is not None:
-            mask = np.asarray(masks[name])
-            if mask.shape != tuple(tensor.shape):
-                raise jp.PruningShapeError(f"mask for {name!r} has shape {mask.shape}, weight {tuple(tensor.shape)}")
-            out[name + "_orig"] = tensor
-            out[name + "_mask"] = to_torch(mask != 0, copy=True).to(tensor.dtype)
-        else:
-            out[name] = tensor
-    return out
+    def as_mask(name: str, mask: Any, tensor: torch.Tensor) -> torch.Tensor:
+        mask = np.asarray(mask)
+        if mask.shape != tuple(tensor.shape):
+            raise jp.PruningShapeError(f"mask for {name!r} has shape {mask.shape}, weight {tuple(tensor.shape)}")
+        return to_torch(kept(mask), copy=True).to(tensor.dtype)
+
+    tensors = {name: to_torch(np.asarray(weight), copy=True) for name, weight in weights.items()}
+    return join_pairs(tensors, masks, as_mask=as_mask)

@@ -1,10 +1,11 @@
 """The demo: gradual magnitude pruning of a small CNN on real data, scikit-learn's digits.
 
 ``jaxprune demo`` and ``examples/prune_digits.py`` both run :func:`run`; this
-module is the one copy of the code. It imports flax, optax and scikit-learn
-when it is imported (matplotlib when it plots), so ``import jaxprune`` and
-``jaxprune.cli`` never do; it needs the ``examples`` extra
-(``pip install 'jaxprune[examples]'``).
+module is the one copy of the code. It imports flax, optax, scikit-learn and
+matplotlib only when a function needs them (:func:`require` checks them
+first), so importing it, ``jaxprune`` or ``jaxprune.cli`` pulls in none of
+them; running it needs the ``examples`` extra (``pip install
+'jaxprune[examples]'``). Progress goes to stderr, a line per phase.
 
 The digits data set (1,797 grey 8x8 images of handwritten digits, shipped
 inside scikit-learn, no download) is split once into train and test (25% test,
@@ -42,19 +43,21 @@ The same seed prints the same table (on the same machine and jax version).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import sys
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 import jaxprune as jp
+
+if TYPE_CHECKING:
+    import optax
+    from flax import nnx
 
 BATCH_SIZE = 64
 LEARNING_RATE = 5e-3
@@ -64,6 +67,19 @@ RULES = {"*.kernel": jp.L1Unstructured}
 
 Params = Any  # an nnx.State of the model's nnx.Param variables
 StepFn = Callable[[Params, Any, jax.Array], tuple[Params, Any, jax.Array]]
+
+
+def require() -> None:
+    """Import what the demo needs now; an ``ImportError`` names the missing package."""
+    import flax.nnx  # noqa: F401
+    import matplotlib  # noqa: F401
+    import optax  # noqa: F401
+    import sklearn.datasets  # noqa: F401
+
+
+def progress(message: str) -> None:
+    """A line on stderr: what the demo is doing while it trains (stdout keeps the results)."""
+    print(f"[demo] {message}", file=sys.stderr, flush=True)
 
 
 class Digits(NamedTuple):
@@ -77,6 +93,9 @@ class Digits(NamedTuple):
 
 def load_data(split_seed: int = 0) -> Digits:
     """scikit-learn's digits, scaled to [0, 1], split 75/25 (stratified, fixed seed)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)[..., None]  # (1797, 8, 8, 1)
     labels = digits.target.astype(np.int32)
@@ -86,43 +105,60 @@ def load_data(split_seed: int = 0) -> Digits:
     return Digits(jnp.asarray(x_train), jnp.asarray(y_train), jnp.asarray(x_test), jnp.asarray(y_test))
 
 
-class DigitsCNN(nnx.Module):
-    """conv 1->16 3x3, relu, conv 16->32 3x3, relu, avg-pool 2x2, linear 512->10."""
+@functools.cache
+def model_class() -> type:
+    """The CNN's class (defined on first use: its base class comes from flax)."""
+    from flax import nnx
 
-    def __init__(self, *, rngs: nnx.Rngs) -> None:
-        self.conv1 = nnx.Conv(1, 16, (3, 3), rngs=rngs)
-        self.conv2 = nnx.Conv(16, 32, (3, 3), rngs=rngs)
-        self.fc = nnx.Linear(4 * 4 * 32, 10, rngs=rngs)
+    class DigitsCNN(nnx.Module):
+        """conv 1->16 3x3, relu, conv 16->32 3x3, relu, avg-pool 2x2, linear 512->10."""
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Logits (N, 10) for images (N, 8, 8, 1)."""
-        x = nnx.relu(self.conv1(x))
-        x = nnx.relu(self.conv2(x))
-        x = nnx.avg_pool(x, (2, 2), strides=(2, 2))
-        return self.fc(x.reshape(x.shape[0], -1))
+        def __init__(self, *, rngs: nnx.Rngs) -> None:
+            self.conv1 = nnx.Conv(1, 16, (3, 3), rngs=rngs)
+            self.conv2 = nnx.Conv(16, 32, (3, 3), rngs=rngs)
+            self.fc = nnx.Linear(4 * 4 * 32, 10, rngs=rngs)
+
+        def __call__(self, x: jax.Array) -> jax.Array:
+            """Logits (N, 10) for images (N, 8, 8, 1)."""
+            x = nnx.relu(self.conv1(x))
+            x = nnx.relu(self.conv2(x))
+            x = nnx.avg_pool(x, (2, 2), strides=(2, 2))
+            return self.fc(x.reshape(x.shape[0], -1))
+
+    return DigitsCNN
 
 
 def init_model(seed: int) -> tuple[nnx.GraphDef, Params]:
     """The CNN's graph definition and its parameters, initialised from ``seed``."""
-    return nnx.split(DigitsCNN(rngs=nnx.Rngs(seed)), nnx.Param)
+    from flax import nnx
+
+    return nnx.split(model_class()(rngs=nnx.Rngs(seed)), nnx.Param)
 
 
 def loss_fn(graphdef: nnx.GraphDef, params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
     """Mean softmax cross-entropy of the model on a batch."""
+    import optax
+    from flax import nnx
+
     logits = nnx.merge(graphdef, params)(x)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, data: Digits) -> StepFn:
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, data: Digits,
+                    on_trace: Callable[[], None] | None = None) -> StepFn:
     """A jitted ``step(params, opt_state, batch_indices) -> (params, opt_state, loss)``.
 
     The batch is gathered from the training set inside the step, so only the
     indices travel per step. Nothing in it depends on the step number in
     Python: with ``jp.pruning`` the schedule is read from the optimizer state.
+    ``on_trace()`` runs each time jax traces the step (a compile), never per step.
     """
+    import optax
 
     @jax.jit
     def step(params: Params, opt_state: Any, idx: jax.Array) -> tuple[Params, Any, jax.Array]:
+        if on_trace is not None:
+            on_trace()  # Python inside a jitted function runs only while jax traces it
         x, y = data.x_train[idx], data.y_train[idx]
         loss, grads = jax.value_and_grad(lambda p: loss_fn(graphdef, p, x, y))(params)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -133,6 +169,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, da
 
 def make_accuracy(graphdef: nnx.GraphDef) -> Callable[[Params, jax.Array, jax.Array], float]:
     """``accuracy(params, x, y)``: the fraction of ``x`` classified correctly (jitted)."""
+    from flax import nnx
 
     @jax.jit
     def correct(params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -168,6 +205,8 @@ def kernel_sparsity(params: Params, masks: Any) -> float:
 
 def train_dense(seed: int, steps: int, data: Digits) -> float:
     """Train the dense baseline for ``steps`` steps; return its test accuracy."""
+    import optax
+
     graphdef, params = init_model(seed)
     tx = optax.adam(LEARNING_RATE)
     opt_state = tx.init(params)
@@ -199,20 +238,19 @@ class PrunedRun(NamedTuple):
 
 def train_pruned(seed: int, steps: int, data: Digits) -> PrunedRun:
     """Train with ``jp.pruning`` by the polynomial schedule; evaluate at every level."""
+    import optax
+
     graphdef, params = init_model(seed)
     schedule = make_schedule(steps)
     tx = jp.pruning(optax.adam(LEARNING_RATE), RULES, schedule, key=jax.random.key(seed))
     opt_state = tx.init(params)
     traces = 0
-    inner_step = make_train_step(graphdef, tx, data)
 
-    def step(params: Params, opt_state: Any, idx: jax.Array) -> tuple[Params, Any, jax.Array]:
+    def count_trace() -> None:
         nonlocal traces
-        before = inner_step._cache_size()
-        out = inner_step(params, opt_state, idx)
-        traces += inner_step._cache_size() - before
-        return out
+        traces += 1
 
+    step = make_train_step(graphdef, tx, data, on_trace=count_trace)
     accuracy = make_accuracy(graphdef)
     update_steps = {t for t in range(steps) if bool(schedule.is_update(t))}
     levels: list[Level] = []
@@ -306,8 +344,11 @@ def run(seed: int = 0, steps: int = 2000, plot_path: str = "prune_digits.png",
     print(f"schedule: polynomial 0% -> {FINAL_SPARSITY:.0%} of every kernel (L1), updates at steps "
           f"{schedule.start}..{schedule.end} every {schedule.every}, then fine-tuning to step {steps}\n")
 
+    progress(f"training the dense baseline ({steps} steps)")
     dense_acc = train_dense(seed, steps, data)
+    progress(f"training with jp.pruning to {FINAL_SPARSITY:.0%} sparsity ({steps} steps)")
     pruned = train_pruned(seed, steps, data)
+    progress("done; writing the table and the plot")
 
     print("| model | step | kernel sparsity | test acc after update | test acc after training |")
     print("|---|---:|---:|---:|---:|")

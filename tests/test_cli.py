@@ -352,7 +352,7 @@ BAD_RULES = [
     (["--rule", "4.weight=l1:5000"], ["'4.weight'", "5000"]),
     (["--rule", "0.weight=random-structured:0.5:dim=4"], ["'0.weight'", "4"]),
     (["--rule", "0.bias=ln-structured:0.5:n=2"], ["'0.bias'", "multidimensional"]),
-    (["--rule", "nothing.*=l1:0.5"], ["'nothing.*'", "matches no tensor"]),
+    (["--rule", "nothing.*=l1:0.5"], ["'nothing.*'", "matches no"]),
     (["--rule", "*.weight=l1:0.5", "--rule", "4.weight=l1:0.1"], ["'4.weight'", "never applies"]),
     (["--rule", "1.*=l1:0.5"], ["'1.num_batches_tracked'", "int64"]),
     (["--global", "0.5", "--rule", "0.weight=random-structured:dim=0"], ["random-structured", "--global"]),
@@ -404,8 +404,8 @@ def test_bad_files_fail_in_one_line(files, tmp_path):
     folder.mkdir()
     case([str(folder), "directory"], "prune", folder, "-o", out / "o.safetensors", *rule)
     case(["folder.safetensors", "directory"], "report", folder)
-    unknown = tmp_path / "weights.npz"
-    np.savez(unknown, w=np.ones(3))
+    unknown = tmp_path / "weights.h5"
+    unknown.write_bytes(b"\x89HDF\r\n\x1a\n")
     case([str(unknown), "unknown format"], "prune", unknown, "-o", out / "o.safetensors", *rule)
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
@@ -422,15 +422,16 @@ def test_bad_files_fail_in_one_line(files, tmp_path):
          "--masks", out / "o.safetensors")
     case(["-1", "--seed"], "prune", files / "cnn.safetensors", "-o", out / "o.safetensors",
          "--rule", "*.weight=l1:0.5", "--seed", "-1")
-    case(["--seed"], "prune", files / "cnn.safetensors", "-o", out / "o.safetensors", "--rule", "*.weight=l1:0.5")
+    case(["--seed", "'*.weight=random:0.5'"], "prune", files / "cnn.safetensors", "-o", out / "o.safetensors",
+         "--rule", "*.weight=random:0.5")
     case(["--rule"], "prune", files / "cnn.safetensors", "-o", out / "o.safetensors", "--seed", "0")
     case(["--bogus"], "prune", files / "cnn.safetensors", "-o", out / "o.safetensors", *rule, "--bogus")
     case(["COMMAND"])
     # A state_dict with a non-tensor entry; one with a complex tensor that fails while OUT is being written.
     torch.save({"w": torch.ones(2, 2), "epoch": 3}, tmp_path / "wrapped.pt")
     case(["'epoch'", "not a tensor"], "prune", tmp_path / "wrapped.pt", "-o", out / "o.safetensors", *rule)
-    torch.save({"a.weight": torch.ones(2, 2), "z.phase": torch.ones(2, dtype=torch.complex64)}, tmp_path / "c.pt")
-    case(["'z.phase'", "complex64"], "prune", tmp_path / "c.pt", "-o", out / "o.safetensors", *rule,
+    torch.save({"a.weight": torch.ones(2, 2), "z.phase": torch.ones(2, dtype=torch.complex128)}, tmp_path / "c.pt")
+    case(["'z.phase'", "complex128"], "prune", tmp_path / "c.pt", "-o", out / "o.safetensors", *rule,
          "--masks", out / "m.safetensors")
     check_all(cases, run_all([args for _, args in cases]))
     assert os.listdir(out) == []
@@ -454,8 +455,8 @@ def test_a_pickle_that_needs_code_is_refused_and_never_run(tmp_path):
 
 
 def test_import_jaxprune_and_cli_pull_in_no_heavy_dependency():
-    script = ("import sys, jaxprune, jaxprune.cli; "
-              "print(sorted(m for m in ('flax', 'torch', 'sklearn', 'matplotlib') if m in sys.modules))")
+    script = ("import sys, jaxprune, jaxprune.cli, jaxprune.demo; "
+              "print(sorted(m for m in ('flax', 'optax', 'torch', 'sklearn', 'matplotlib') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True,
                             timeout=TIMEOUT, env=ENV)
     assert result.returncode == 0, result.stderr
@@ -474,8 +475,14 @@ def test_console_script_and_module_entry_point():
     assert version.returncode == 0 and version.stdout.strip() == f"jaxprune {jp.__version__}"
 
 
-def test_demo_prints_the_table_and_writes_the_plot(tmp_path):
-    stdout = run_ok("demo", "--steps", "200", "--plot", "demo.png", cwd=tmp_path)
+def test_demo_prints_the_table_and_writes_the_plot_and_shows_progress(tmp_path):
+    result = run_cli("demo", "--steps", "200", "--plot", "demo.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    stdout = result.stdout
+    assert result.stderr.splitlines() == ["[demo] training the dense baseline (200 steps)",
+                                          "[demo] training with jp.pruning to 90% sparsity (200 steps)",
+                                          "[demo] done; writing the table and the plot"]
+    assert "compiled 1 time(s)" in stdout
     assert "| model | step | kernel sparsity | test acc after update | test acc after training |" in stdout
     assert "| pruned, fine-tuned | 200 | 90.00% |" in stdout
     assert f"plot written to {tmp_path / 'demo.png'}" in stdout
@@ -483,8 +490,207 @@ def test_demo_prints_the_table_and_writes_the_plot(tmp_path):
     assert_error(run_cli("demo", "--steps", "5"), "--steps", "5")
 
 
+def test_demo_help_prints_percent_once():
+    help_text = run_ok("demo", "--help")
+    assert "90%" in help_text and "%%" not in help_text
+
+
 def test_demo_without_its_dependencies_says_what_to_install():
     script = "import sys; sys.modules['sklearn'] = None; from jaxprune.cli import main; sys.exit(main(['demo']))"
     result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True,
                             timeout=TIMEOUT, env=ENV)
     assert_error(result, "pip install 'jaxprune[examples]'")
+
+
+# --------------------------------------------------------------------------
+# Defects found trying the command as a new user would (each test failed before its fix)
+# --------------------------------------------------------------------------
+
+
+def test_an_output_that_is_the_input_or_the_other_output_is_refused(files, tmp_path):
+    """--masks naming the input (also through '..', a symlink or a hard link) destroyed the weights."""
+    model = tmp_path / "model.safetensors"
+    model.write_bytes((files / "cnn.safetensors").read_bytes())
+    original = model.read_bytes()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.safetensors").symlink_to(model)
+    os.link(model, tmp_path / "hard.safetensors")
+    (tmp_path / "out_link.safetensors").symlink_to(tmp_path / "out.safetensors")  # dangling until OUT exists
+    out = ["-o", tmp_path / "out.safetensors", "--rule", "*.weight=l1:0.5"]
+    cases = [(["same file as the input"], ["prune", model, *out, "--masks", masks]) for masks in
+             (model, tmp_path / "sub" / ".." / "model.safetensors", tmp_path / "link.safetensors",
+              tmp_path / "hard.safetensors")]
+    cases.append((["same file as the output"], ["prune", model, *out, "--masks", tmp_path / "out_link.safetensors"]))
+    check_all(cases, run_all([args for _, args in cases]))
+    assert model.read_bytes() == original
+    assert sorted(os.listdir(tmp_path)) == ["hard.safetensors", "link.safetensors", "model.safetensors",
+                                            "out_link.safetensors", "sub"]
+    run_ok("prune", model, "-o", model, "--rule", "*.weight=l1:0.5")  # OUT == IN stays allowed
+    assert model.read_bytes() != original
+
+
+@pytest.fixture
+def odd_names(tmp_path):
+    from jaxprune.cli import write_checkpoint
+
+    path = tmp_path / "in.safetensors"
+    names = ["features.10.weight", "features.3.weight", "features.3.bias", "evil\x1b[2J.weight"]
+    write_checkpoint(str(path), {name: np.arange(1.0, 5.0, dtype=np.float32).reshape(2, 2) for name in names})
+    return path
+
+
+def test_names_with_terminal_escapes_are_escaped_in_tables_and_errors(odd_names, tmp_path):
+    """A name holding \x1b[2J cleared the user's screen."""
+    stdout = run_ok("prune", odd_names, "-o", tmp_path / "out.safetensors", "--rule", "*.weight=l1:0.5", "--seed", "0")
+    report = run_ok("report", tmp_path / "out.safetensors")
+    error = run_cli("prune", odd_names, "-o", tmp_path / "o.safetensors", "--rule", "nothing=l1:1", "--seed", "0")
+    for text in (stdout, report, error.stderr):
+        assert "\x1b" not in text and "evil\\x1b[2J.weight" in text
+    assert_error(error, "'nothing'")
+
+
+def test_tables_list_tensors_in_natural_order_and_files_keep_sorted_names(odd_names, tmp_path):
+    """features.10 was listed before features.3."""
+    from jaxprune import _safetensors
+
+    stdout = run_ok("prune", odd_names, "-o", tmp_path / "out.safetensors", "--rule", "*.weight=l1:0.5", "--seed", "0")
+    assert [line.split()[0] for line in stdout.splitlines()[1:5]] == [
+        "evil\\x1b[2J.weight", "features.3.bias", "features.3.weight", "features.10.weight"]
+    stored, _ = _safetensors.read(tmp_path / "out.safetensors")
+    assert list(stored) == sorted(stored) and len(stored) == 4
+
+
+def test_deterministic_rules_need_no_seed(odd_names, tmp_path):
+    """--seed was required even when no rule is random."""
+    doc = json.loads(run_ok("prune", odd_names, "-o", tmp_path / "o.safetensors", "--rule", "*.weight=l1:1", "--json"))
+    assert doc["seed"] is None and doc["total"]["pruned"] == 3
+
+
+def test_a_broken_pipe_exits_quietly(files, tmp_path):
+    """`jaxprune report x | head -1` was an error with exit status 2."""
+    for args in (["report", files / "cnn.pt"],
+                 ["prune", files / "cnn.pt", "-o", tmp_path / "out.safetensors", "--rule", "*.weight=l1:0.5"]):
+        proc = subprocess.Popen([sys.executable, "-m", "jaxprune", *map(str, args)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=ENV)
+        proc.stdout.close()  # the reader is gone before anything is printed
+        stderr = proc.stderr.read()
+        assert proc.wait(timeout=TIMEOUT) == 141, stderr
+        assert stderr == b""
+    assert (tmp_path / "out.safetensors").exists()
+
+
+def test_ndim_qualifier_tells_a_conv_weight_from_a_batchnorm_weight(files, tmp_path):
+    stdout = run_ok("prune", files / "cnn.pt", "-o", tmp_path / "out.safetensors", "--masks", tmp_path / "m.pt",
+                    "--rule", "*.weight[ndim=4]=ln-structured:0.25:n=2:dim=0", "--rule", "*.weight[ndim<2]=skip",
+                    "--rule", "*.weight=l1:0.5")
+    net = small_cnn()
+    prune.ln_structured(net[0], "weight", amount=0.25, n=2, dim=0)
+    prune.l1_unstructured(net[4], "weight", amount=0.5)
+    masks = load_pt(tmp_path / "m.pt")
+    assert sorted(masks) == ["0.weight", "4.weight"]  # the BatchNorm weight 1.weight is left alone
+    assert torch.equal(masks["0.weight"], net[0].weight_mask.bool())
+    assert torch.equal(masks["4.weight"], net[4].weight_mask.bool())
+    assert "*.weight[ndim=4]" not in stdout and "ln-structured:0.25:n=2:dim=0  2/8 dim-0 slices" in stdout
+    results = run_all([["prune", files / "cnn.pt", "-o", tmp_path / "x.safetensors", "--rule", rule]
+                       for rule in ("*.weight[ndim=3]=l1:0.5", "*.weight[ndim~3]=l1:0.5")])
+    assert_error(results[0], "'*.weight[ndim=3]'", "matches no")
+    assert_error(results[1], "[ndim=N]")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_wrapped_checkpoints_are_read_with_key_and_written_back_whole(tmp_path):
+    state = small_cnn().state_dict()
+    torch.save({"model": state, "epoch": 3, "optimizer": {"lr": 0.1}}, tmp_path / "wrapped.pt")
+    torch.save({"trainer": {"state_dict": state}, "hparams": {"width": 8}}, tmp_path / "lightning.pt")
+    rule = ["--rule", "4.weight=l1:0.5"]
+    results = run_all([
+        ["prune", tmp_path / "wrapped.pt", "-o", tmp_path / "x.pt", *rule],
+        ["report", tmp_path / "lightning.pt"],
+        ["prune", tmp_path / "wrapped.pt", "-o", tmp_path / "x.pt", *rule, "--key", "state_dict"],
+        ["prune", tmp_path / "wrapped.pt", "-o", tmp_path / "out.pt", *rule, "--key", "model"],
+        ["prune", tmp_path / "lightning.pt", "-o", tmp_path / "light.safetensors", *rule, "--key",
+         "trainer.state_dict"],
+        ["report", tmp_path / "lightning.pt", "--key", "trainer.state_dict", "--json"],
+    ])
+    assert_error(results[0], "entry 'model' is not a tensor", "pass --key with one of: 'model'")
+    assert_error(results[1], "pass --key with one of: 'trainer.state_dict'")
+    assert_error(results[2], "no entry 'state_dict'", "'model'", "'epoch'")
+    for result in results[3:]:
+        assert result.returncode == 0, result.stderr
+    assert "inside the checkpoint's 'model'" in results[3].stdout
+    out = load_pt(tmp_path / "out.pt")
+    assert sorted(out) == ["epoch", "model", "optimizer"] and out["epoch"] == 3 and out["optimizer"] == {"lr": 0.1}
+    assert int((out["model"]["4.weight"] == 0).sum()) == 640 and torch.equal(out["model"]["0.weight"], state["0.weight"])
+    light = safetensors_torch.load_file(str(tmp_path / "light.safetensors"))  # the state_dict alone
+    assert sorted(light) == sorted(state) and int((light["4.weight"] == 0).sum()) == 640
+    assert json.loads(results[5].stdout)["total"]["size"] == 1547
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_sigterm_or_sighup_while_writing_leaves_no_temporary_file(signame, files, tmp_path):
+    """Killed while writing, the hidden temporary file (hundreds of MB for a real model) stayed."""
+    import signal
+
+    signum = getattr(signal, signame)
+    script = ("import os, sys; from jaxprune.cli import main; "
+              f"os.fsync = lambda fd: os.kill(os.getpid(), {int(signum)}); sys.exit(main(sys.argv[1:]))")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = subprocess.run([sys.executable, "-c", script, "prune", str(files / "cnn.pt"), "-o",
+                             str(out / "o.safetensors"), "--masks", str(out / "m.pt"), "--rule", "*.weight=l1:0.5"],
+                            check=False, capture_output=True, text=True, timeout=TIMEOUT, env=ENV)
+    assert result.returncode == -signum, result.stderr
+    assert os.listdir(out) == []
+
+
+def test_stale_temporary_files_of_killed_runs_are_removed(files, tmp_path):
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    stale = f".out.safetensors.jaxprune-{dead}-k3j2.tmp"
+    kept = [f".out.safetensors.jaxprune-{os.getpid()}-live.tmp",  # a running process's
+            f".other.safetensors.jaxprune-{dead}-k3j2.tmp",  # another target's
+            "out.safetensors.tmp", ".out.safetensors.jaxprune-x.tmp"]  # not our pattern
+    for name in [stale, *kept]:
+        (tmp_path / name).write_bytes(b"partial")
+    run_ok("prune", files / "cnn.safetensors", "-o", tmp_path / "out.safetensors", "--rule", "*.weight=l1:0.5")
+    assert sorted(os.listdir(tmp_path)) == sorted([*kept, "out.safetensors"])
+
+
+def test_report_reads_npz_and_a_mask_holding_2_keeps_in_the_cli_and_in_interop(tmp_path):
+    np.savez(tmp_path / "w.npz", w=np.array([[1.0, 0.0], [0.0, 0.0]], np.float32), b=np.ones(3))
+    doc = json.loads(run_ok("report", tmp_path / "w.npz", "--json"))
+    assert doc["format"] == "npz" and doc["total"] == {"zeros": 3, "size": 7, "sparsity": 3 / 7}
+
+    pairs = {"fc.weight_orig": torch.ones(2, 2), "fc.weight_mask": torch.tensor([[2.0, 0.0], [1.0, 2.0]])}
+    torch.save(pairs, tmp_path / "pairs.pt")
+    rows = json.loads(run_ok("report", tmp_path / "pairs.pt", "--json"))["tensors"]
+    assert rows[0]["name"] == "fc.weight" and rows[0]["zeros"] == 1
+    _, masks = interop.read_pruned(pairs)
+    assert np.asarray(masks["fc.weight"]).tolist() == [[True, False], [True, True]]
+
+
+def test_hostile_inputs_fail_in_one_line_without_hanging(tmp_path):
+    fifo = tmp_path / "fifo.safetensors"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.pt"
+    zero.symlink_to("/dev/zero")
+    deep = tmp_path / "deep.safetensors"
+    deep.write_bytes((100_000).to_bytes(8, "little") + b"[" * 100_000)
+    huge = tmp_path / "huge.safetensors"
+    header = b'{"w": {"dtype": "F32", "shape": [1e400], "data_offsets": [0, 4]}}'
+    huge.write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))
+    cases = [([str(fifo), "not a regular file"], ["report", fifo]),
+             ([str(zero), "not a regular file"], ["prune", zero, "-o", tmp_path / "o.pt", "--rule", "*=l1:1"]),
+             ([str(deep), "nests too deeply"], ["report", deep]),
+             ([str(huge), "non-negative integers"], ["report", huge])]
+    check_all(cases, run_all([args for _, args in cases]))
+
+
+def test_the_grammar_is_written_once_and_the_help_and_readme_show_it(capsys):
+    from jaxprune.cli import METHODS, grammar, main
+
+    text = grammar()
+    assert all(f"  {m.usage} " in text for m in METHODS.values())
+    assert main(["prune", "--help"]) == 0
+    assert text in capsys.readouterr().out
+    assert text in (ROOT / "README.md").read_text()

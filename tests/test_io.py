@@ -1,8 +1,13 @@
 """save_tree / load_tree (safetensors): masks, params and whole optimizer
 states round-trip, and a run restored from files continues bitwise identically
-to an uninterrupted one."""
+to an uninterrupted one. The pure-NumPy codec (jaxprune._safetensors): every
+dtype it writes loads back, files agree with the safetensors package both
+ways, and broken or hostile files are one clear error naming the file."""
 
 import functools
+import json
+import os
+import struct
 
 import flax.linen as nn
 import flax.nnx as nnx
@@ -11,11 +16,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from safetensors.numpy import load_file
 
 import jaxprune as jp
+from jaxprune import _safetensors
 
 KEY = jax.random.key(0)
+
+
+def load_file(path):
+    return _safetensors.read(path)[0]
+
+
 X = jax.random.normal(jax.random.key(100), (16, 8))
 Y = jax.random.normal(jax.random.key(101), (16, 10))
 
@@ -278,3 +289,133 @@ def test_nnx_optimizer_restored_run_continues_bitwise(tmp_path, standard_promoti
     mask = np.asarray(optimizer2.opt_state.masks["encoder"]["kernel"][...])
     assert int((~mask).sum()) == round(0.8 * 96)
     assert np.all(kernel[~mask] == 0)
+
+
+# --------------------------------------------------------------------------
+# Every dtype saved loads back; the codec against the safetensors package
+# --------------------------------------------------------------------------
+
+
+def test_numpy_wide_leaves_and_python_scalars_load_back(tmp_path):
+    """float64 / int64 NumPy leaves and Python scalars were written, then refused by load_tree."""
+    tree = {"w": np.array([0.1, 1e300]), "n": np.arange(3, dtype=np.int64), "step": 7, "lr": 0.25,
+            "flag": True, "u": np.uint64(2**63 + 1), "x": jnp.ones(2, jnp.float32)}
+    path = tmp_path / "t.safetensors"
+    jp.save_tree(path, tree)
+    loaded = jp.load_tree(path, like=tree)
+    assert loaded["step"] == 7 and type(loaded["step"]) is int
+    assert loaded["lr"] == 0.25 and type(loaded["lr"]) is float
+    assert loaded["flag"] is True
+    assert loaded["u"] == np.uint64(2**63 + 1) and loaded["u"].dtype == np.uint64
+    assert loaded["w"].dtype == np.float64 and loaded["w"].tolist() == [0.1, 1e300]
+    assert loaded["n"].dtype == np.int64 and loaded["n"].tolist() == [0, 1, 2]
+    assert isinstance(loaded["x"], jax.Array) and loaded["x"].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("dtype", ["float8_e4m3fn", "float8_e5m2", "float8_e8m0fnu", "bfloat16"])
+def test_float8_and_bfloat16_leaves_load_back(dtype, tmp_path):
+    """float8 leaves were written by save_tree but could not be read back."""
+    import ml_dtypes
+
+    value = np.array([[0.5, 2.0], [4.0, 1.0]], getattr(ml_dtypes, dtype))
+    tree = {"q": value, "j": jnp.asarray(value)}
+    path = tmp_path / "f8.safetensors"
+    jp.save_tree(path, tree)
+    loaded = jp.load_tree(path, like=tree)
+    for leaf in loaded.values():
+        assert leaf.dtype.name == dtype and np.asarray(leaf).astype(np.float32).tolist() == [[0.5, 2.0], [4.0, 1.0]]
+
+
+def test_a_dtype_safetensors_cannot_hold_is_refused_before_writing(tmp_path):
+    path = tmp_path / "c.safetensors"
+    with pytest.raises(ValueError, match=r"leaf 'z' has dtype complex128"):
+        jp.save_tree(path, {"z": np.ones(2, np.complex128)})
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_failed_save_leaves_no_temporary_file(tmp_path):
+    """save_tree wrote path.tmp and left it behind when the rename failed (here: path is a folder)."""
+    target = tmp_path / "taken.safetensors"
+    target.mkdir()
+    with pytest.raises(OSError):
+        jp.save_tree(target, {"w": jnp.ones(3)})
+    assert os.listdir(tmp_path) == ["taken.safetensors"] and os.listdir(target) == []
+
+
+def test_files_agree_with_the_safetensors_package_both_ways(tmp_path):
+    sf = pytest.importorskip("safetensors.numpy")
+    import ml_dtypes
+
+    tensors = {"b": np.array([True, False]), "f": np.arange(6, dtype=np.float32).reshape(2, 3),
+               "h": np.array([1.5], ml_dtypes.bfloat16), "i": np.arange(4, dtype=np.int64),
+               "s": np.array(3.0, np.float64), "c": np.array([1 + 2j], np.complex64)}
+    ours = tmp_path / "ours.safetensors"
+    with open(ours, "wb") as f:
+        _safetensors.write(f, tensors, {"format": "np"})
+    theirs = sf.load_file(str(ours))
+    for name, value in tensors.items():
+        assert theirs[name].dtype == value.dtype and np.array_equal(theirs[name], value), name
+    package = tmp_path / "package.safetensors"
+    sf.save_file(tensors, str(package), metadata={"a": "b"})
+    read, metadata = _safetensors.read(package)
+    assert metadata == {"a": "b"}
+    for name, value in tensors.items():
+        assert read[name].dtype == value.dtype and read[name].shape == value.shape
+        assert np.array_equal(read[name], value), name
+
+
+def safetensors_bytes(header, body=b""):
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + body
+
+
+ENTRY = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+HOSTILE = {
+    "deep nesting": (safetensors_bytes(b"[" * 100_000), "nests too deeply"),
+    "1e400 in a shape": (safetensors_bytes(b'{"w": {"dtype": "F32", "shape": [1e400], "data_offsets": [0, 8]}}',
+                                           bytes(8)), "non-negative integers"),
+    "1e400 in an offset": (safetensors_bytes(b'{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 1e400]}}',
+                                             bytes(8)), "data_offsets"),
+    "65 dims": (safetensors_bytes({"w": {**ENTRY, "shape": [1] * 65, "data_offsets": [0, 4]}}, bytes(4)),
+                "65 dimensions"),
+    "shape [0, 2**63]": (safetensors_bytes({"w": {**ENTRY, "shape": [0, 2**63], "data_offsets": [0, 0]}}),
+                         "too large"),
+    "offsets out of the file": (safetensors_bytes({"w": {**ENTRY, "data_offsets": [0, 8]}}, bytes(4)),
+                                "do not fit"),
+    "overlapping data": (safetensors_bytes({"a": ENTRY, "b": {**ENTRY, "data_offsets": [4, 12]}}, bytes(12)),
+                         "overlaps"),
+    "a gap": (safetensors_bytes({"a": {**ENTRY, "data_offsets": [4, 12]}}, bytes(12)), "gap"),
+    "trailing bytes": (safetensors_bytes({"a": ENTRY}, bytes(12)), "4 bytes after"),
+    "a key twice": (safetensors_bytes(b'{"w": {}, "w": {}}'), "'w' appears twice"),
+    "unknown dtype": (safetensors_bytes({"w": {**ENTRY, "dtype": "Q9"}}, bytes(8)), "dtype 'Q9'"),
+    "packed dtype": (safetensors_bytes({"w": {**ENTRY, "dtype": "F4"}}, bytes(8)), "packed dtype F4"),
+    "a header longer than the file": (struct.pack("<Q", 2**40) + b"{}", "does not fit"),
+    "truncated": (safetensors_bytes({"w": ENTRY}, bytes(8))[:-3], "do not fit"),
+    "too short": (b"\x01\x00", "too short"),
+    "bad metadata": (safetensors_bytes({"__metadata__": {"a": 1}}), "__metadata__"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_broken_and_hostile_files_are_one_clear_error_naming_the_file(name, tmp_path):
+    """Before: SafetensorError text, RecursionError, OverflowError or NumPy's ValueError."""
+    data, reason = HOSTILE[name]
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match="not a valid safetensors file") as info:
+        jp.load_tree(path, like={"w": jnp.ones(2)})
+    message = str(info.value)
+    assert str(path) in message and reason in message and "\n" not in message
+
+
+def test_only_regular_files_are_read(tmp_path):
+    """A FIFO blocked forever; a symlink to /dev/zero read until memory ran out."""
+    fifo = tmp_path / "fifo.safetensors"
+    os.mkfifo(fifo)
+    zero = tmp_path / "zero.safetensors"
+    zero.symlink_to("/dev/zero")
+    for path in (fifo, zero):
+        with pytest.raises(OSError, match="not a regular file"):
+            _safetensors.read(path)
+    with pytest.raises(IsADirectoryError):
+        _safetensors.read(tmp_path)
