@@ -250,7 +250,9 @@ def _frames(error: BaseException) -> list[Any]:
 # --------------------------------------------------------------------------
 
 
-def read_pruned(source: torch.nn.Module | Mapping[str, torch.Tensor]) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+def read_pruned(
+    source: torch.nn.Module | Mapping[str, torch.Tensor],
+) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """Dense weights and masks of a pruned module or of a state_dict with
     ``*_orig``/``*_mask`` pairs: ``({name: weight}, {name: bool mask})``.
 

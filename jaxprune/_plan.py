@@ -163,7 +163,9 @@ def plan(
     elif callable(rules):
         hits = [(i, None, v) for i, (path, leaf) in enumerate(named) if (v := rules(path, leaf)) is not None]
     else:
-        raise TypeError(f"rules must be a dict of pattern -> method or a callable (path, leaf) -> method, got {rules!r}")
+        raise TypeError(
+            f"rules must be a dict of pattern -> method or a callable (path, leaf) -> method, got {rules!r}"
+        )
 
     singles: list[Assignment] = []
     groups: dict[Hashable, list[Assignment]] = {}

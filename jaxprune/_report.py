@@ -6,13 +6,11 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import numpy as np
 
 from ._plan import leaves_like, named_leaves
 from ._trees import unwrap_variables
 from ._typing import PyTree
-
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ runs when the rules are resolved, before any tracing.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Union
+from typing import Any
 
 import jax
 
@@ -21,8 +21,7 @@ from ._plan import check_key_for, compute_masks, extra_leaves, leaves_like, name
 from ._specs import GlobalUnstructured as GlobalUnstructured  # its home before the protocol
 from ._typing import Array, PRNGKey, PyTree
 
-
-Rules = Union[Mapping[str, Any], Callable[[str, Array], Any]]
+Rules = Mapping[str, Any] | Callable[[str, Array], Any]
 
 
 def prune_tree(

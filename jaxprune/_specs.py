@@ -38,7 +38,7 @@ import abc
 import dataclasses
 import math
 from collections.abc import Hashable, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import ClassVar, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -113,7 +113,7 @@ class PruningMethod(abc.ABC):
         """How many units a keep-mask has pruned (an integer array; traceable)."""
         return _count_false(mask)
 
-    def check_leaf(self, shape: tuple[int, ...]) -> None:
+    def check_leaf(self, shape: tuple[int, ...]) -> None:  # noqa: B027 - optional hook, no-op by default
         """Raise (``IndexError``/``ValueError``, as the methods do) if a leaf of
         ``shape`` cannot be pruned by this method."""
 

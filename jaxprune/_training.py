@@ -25,7 +25,7 @@ an additive update (``inf + -inf`` is NaN); ``jp.apply_masks`` zeroes it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax

@@ -9,7 +9,6 @@ state_dict replaced.
 from __future__ import annotations
 
 import dataclasses
-import os
 import pickle
 from collections.abc import Callable, Mapping
 from typing import IO, Any
@@ -213,7 +212,9 @@ def _encode(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | Non
         raise CliError(str(err)) from None
 
 
-def write_checkpoint(path: str, tensors: Mapping[str, np.ndarray], *, metadata: Mapping[str, str] | None = None) -> None:
+def write_checkpoint(
+    path: str, tensors: Mapping[str, np.ndarray], *, metadata: Mapping[str, str] | None = None
+) -> None:
     """Write ``{name: array}`` as safetensors or a torch state_dict (by suffix), atomically.
 
     Byte-identical for identical input (names sorted, no timestamps).
