@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._amounts import CheckedAmount, check_amount, count_to_prune, is_traced
+from ._amounts import CheckedAmount, Count, as_count, check_amount, count_true, host_count, is_traced, prune_count
 from ._errors import NormOrderError, PruningShapeError
 from ._selection import like, select_lowest, sort_keys
 from ._typing import Amount, Array, ArrayLike, NormOrder, PRNGKey
@@ -138,18 +138,19 @@ def check_norm(n: NormOrder, ndim: int | None = None) -> NormOrder:
     return float(n)
 
 
-def count_units(default_mask: Array | None, total: int) -> int | Array:
-    """Units still unpruned: concrete when the mask is, traced otherwise."""
+def count_units(default_mask: Array | None, total: int) -> int | Count:
+    """Units still unpruned: a Python int when the mask is concrete, a
+    two-word :class:`~jaxprune._amounts.Count` when traced (exact beyond 2**31)."""
     if default_mask is None:
         return total
     if is_traced(default_mask):
-        return jnp.sum(default_mask, dtype=jnp.int32)
+        return count_true(default_mask)
     return int(np.count_nonzero(np.asarray(default_mask)))
 
 
-def _as_k(k: int | Array) -> Array:
-    # One abstract type for every k (a strong int32), so amounts never recompile.
-    return np.int32(k) if isinstance(k, int) else k
+def _as_k(k: int | Count) -> Count:
+    # One abstract type for every k (two uint32 words), so amounts never recompile.
+    return host_count(k) if isinstance(k, int) else as_count(k)
 
 
 # --------------------------------------------------------------------------
@@ -206,7 +207,7 @@ def unstructured_mask(
 
 def _prune_entries(scores: Array, amount: CheckedAmount, default_mask: ArrayLike | None, absolute: bool) -> Array:
     mask = None if default_mask is None else as_mask(default_mask, scores.shape, "default_mask", scores)
-    k = count_to_prune(amount, count_units(mask, scores.size))
+    k = prune_count(amount, count_units(mask, scores.size))
     return _keep_lowest_entries(scores, mask, _as_k(k), absolute=absolute)
 
 
@@ -284,7 +285,7 @@ def _prune_slices(
     known) gives the mask its sharding."""
     mask = None if default_mask is None else as_mask(default_mask, shape, "default_mask", t)
     alive = None if mask is None else alive_slices(mask, dim)
-    k = count_to_prune(amount, count_units(alive, shape[dim]))
+    k = prune_count(amount, count_units(alive, shape[dim]))
     return _keep_lowest_slices(scores, mask, alive, _as_k(k), shape, dim, t)
 
 
@@ -361,7 +362,7 @@ def random_unstructured(
     t = as_tensor(t)
     checked = check_amount(amount)
     mask = None if default_mask is None else as_mask(default_mask, t.shape, "default_mask", t)
-    k = count_to_prune(checked, count_units(mask, t.size))
+    k = prune_count(checked, count_units(mask, t.size))
     return _keep_lowest_random(key, t, mask, _as_k(k))
 
 
