@@ -160,6 +160,57 @@ def sort_keys(scores: Array) -> Array:
     raise TypeError(f"scores must be real numbers, got dtype {dtype}")
 
 
+def magnitude_keys(x: Array, dtype: np.dtype | None = None) -> Array:
+    """Sort keys of ``|x|``, exact: an integer's magnitude is taken in the
+    unsigned type of its width (``|int8(-128)|`` is 128, where ``jnp.abs``
+    wraps to -128). ``dtype`` (from :func:`magnitude_dtype`) puts arrays of
+    several dtypes on one exact scale.
+
+    >>> import jax.numpy as jnp
+    >>> keys = magnitude_keys(jnp.array([-128, 127, -1], jnp.int8))
+    >>> keys.dtype.name, keys.tolist()
+    ('uint32', [128, 127, 1])
+    """
+    if jnp.issubdtype(x.dtype, jnp.integer):
+        udt = np.dtype(f"uint{x.dtype.itemsize * 8}")
+        u = x.astype(udt)
+        magnitude = jnp.where(x < 0, np.array(0, udt) - u, u) if jnp.issubdtype(x.dtype, jnp.signedinteger) else u
+        return sort_keys(magnitude if dtype is None else magnitude.astype(dtype))
+    return sort_keys(jnp.abs(x if dtype is None else x.astype(dtype)))
+
+
+def magnitude_dtype(dtypes: Sequence[np.dtype]) -> np.dtype | None:
+    """One dtype that holds the magnitudes of all these dtypes exactly (None:
+    a single dtype, ranked as it is), so that arrays of several dtypes rank on
+    one scale. Raises ``TypeError`` for a mix no dtype holds exactly.
+
+    >>> magnitude_dtype([jnp.float16, jnp.bfloat16, jnp.float32]).name
+    'float32'
+    >>> magnitude_dtype([jnp.int8, jnp.int32]).name
+    'uint32'
+    """
+    kinds = sorted({np.dtype(d) for d in dtypes}, key=str)
+    if len(kinds) <= 1:
+        return None
+    floats = [d for d in kinds if jnp.issubdtype(d, jnp.floating)]
+    ints = [d for d in kinds if not jnp.issubdtype(d, jnp.floating)]
+    if not floats:
+        return np.dtype(f"uint{max(d.itemsize for d in ints) * 8}")
+    wide = max(d.itemsize for d in floats) == 8 or any(d.itemsize == 4 for d in ints)
+    fdt = np.dtype(np.float64 if wide else np.float32)
+    exact_bits = 53 if wide else 24  # integers up to 2**bits are exact floats
+    too_wide = [d for d in ints if d.itemsize * 8 > exact_bits]
+    if too_wide or (wide and not jax.config.jax_enable_x64):
+        names = ", ".join(d.name for d in kinds)
+        raise TypeError(
+            f"cannot rank leaves of dtypes {names} on one scale exactly: "
+            + ("no float holds those integers exactly" if too_wide else "that needs float64, and x64 is off")
+            + "; cast the leaves (or their importance_scores) to one dtype first"
+            + ("" if too_wide else ", or enable x64 (jax.config.update('jax_enable_x64', True))")
+        )
+    return fdt
+
+
 def keeps_shapes() -> bool:
     """Whether selection keeps array shapes: with several devices (arrays may
     be sharded) and off CPU (a GPU scatters a whole array faster than chunks:
@@ -554,8 +605,9 @@ class Ranking:
 
     ``draws``: the leaf's source is a PRNG key and its values are uint32 draws
     of the leaf's shape (and sharding). Otherwise the source is the scores
-    array; the keys are those of ``|scores|`` (``absolute``) cast to ``dtype``
-    (when given).
+    array; the keys are those of ``|scores|`` (``absolute``, exact: see
+    :func:`magnitude_keys`) on the scale of ``dtype`` (when given: leaves of
+    several dtypes, see :func:`magnitude_dtype`).
     """
 
     draws: bool = False
@@ -568,9 +620,9 @@ class Ranking:
     def keys(self, x: Array) -> Array:
         if self.draws:
             return sort_keys(x)
-        if self.dtype is not None:
-            x = x.astype(self.dtype)
-        return sort_keys(jnp.abs(x) if self.absolute else x)
+        if self.absolute:
+            return magnitude_keys(x, self.dtype)
+        return sort_keys(x if self.dtype is None else x.astype(self.dtype))
 
 
 @functools.partial(jax.jit, static_argnames=("ranking", "shift"))

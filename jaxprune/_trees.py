@@ -26,6 +26,7 @@ from ._selection import (
     Ranking,
     key_dtype,
     like,
+    magnitude_dtype,
     radix_passes,
     select_lowest,
     select_lowest_by_leaf,
@@ -69,6 +70,9 @@ def leaf_key(key: PRNGKey, path: str) -> PRNGKey:
     >>> bool((jax.random.key_data(leaf_key(k, "a.kernel")) == jax.random.key_data(leaf_key(k, "a.kernel"))).all())
     True
     """
+    if not isinstance(path, str):
+        raise TypeError(f"path must be a str (a leaf path such as 'a.kernel'), got {type(path).__name__}: {path!r}")
+    key = _methods.check_key(key)
     digest = hashlib.blake2b(path.encode("utf-8"), digest_size=4).digest()
     return jax.random.fold_in(key, int.from_bytes(digest, "little"))
 
@@ -227,9 +231,9 @@ def global_masks(
     if scores is None:  # random: each leaf's source is its key, its values uint32 draws
         ranking, sources = Ranking(draws=True), list(keys)
     else:
-        ranking = Ranking(absolute=True, dtype=np.dtype(jnp.result_type(*[s.dtype for s in scores])))
+        ranking = Ranking(absolute=True, dtype=magnitude_dtype([s.dtype for s in scores]))
         sources = scores
-    total = _passes(leaves, ranking) + 1
+    total = _passes(leaves, ranking, sources[0].dtype if scores is not None else np.uint32) + 1
     if any(_methods.is_traced(x) for x in [*leaves, *(m for m in masks if m is not None), *sources, *k]):
         # Inside the caller's jit: one traced selection.
         return _global_keep(sources, leaves, masks, k, ranking=ranking, progress=progress, total=total)
@@ -251,8 +255,8 @@ def _total_units(leaves: Sequence[Array], masks: Sequence[Array | None]) -> int 
     return functools.reduce(count_add, [as_count(n) for n in counts])
 
 
-def _passes(leaves: Sequence[Array], ranking: Ranking) -> int:
-    dtype = np.uint32 if ranking.draws else key_dtype(ranking.dtype)
+def _passes(leaves: Sequence[Array], ranking: Ranking, dtype: np.dtype) -> int:
+    dtype = np.uint32 if ranking.draws else key_dtype(ranking.dtype or dtype)
     return radix_passes([leaf.size for leaf in leaves], dtype)
 
 

@@ -106,8 +106,10 @@ def test_traced_default_mask_gives_the_eager_count():
 @pytest.mark.parametrize(
     ("amount", "pruned"),
     [(jnp.float32(-0.5), 0), (jnp.float32(np.nan), 0), (jnp.float32(1.5), 10), (jnp.float32(np.inf), 10),
-     (jnp.int32(-3), 0), (jnp.int32(11), 10), (jnp.int32(4), 4), (jnp.float32(0.25), 2), (jnp.float32(0.35), 3)],
-    ids=["neg-fraction", "nan", "fraction>1", "inf", "neg-count", "count>units", "count", "fraction", "float32-value"],
+     (jnp.int32(-3), 0), (jnp.int32(11), 10), (jnp.int32(4), 4), (jnp.float32(0.25), 2), (jnp.float32(0.35), 3),
+     (jnp.uint32(2**31), 10), (jnp.uint32(2**32 - 1), 10), (jnp.uint8(255), 10)],
+    ids=["neg-fraction", "nan", "fraction>1", "inf", "neg-count", "count>units", "count", "fraction", "float32-value",
+         "uint32-2**31", "uint32-max", "uint8-max"],
 )
 def test_traced_out_of_range_amounts_are_clamped(amount, pruned):
     # float32(0.35) is 0.3499999940..., so 3.4999999 rounds to 3 (Python's 0.35 gives 4).
