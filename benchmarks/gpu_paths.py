@@ -39,15 +39,13 @@ def main() -> None:
         for name, f in cases.items():
             row = []
             for keep in (False, True):
-                _selection.KEEP_SHAPES = keep
-                jax.clear_caches()
-                row.append(median_ms(lambda: f(w)))
+                with _selection.forced(keep_shapes=keep):
+                    row.append(median_ms(lambda: f(w)))
             print(f"{n}x{n} {name:22s} chunked {row[0]:8.2f} ms  shape-keeping {row[1]:8.2f} ms")
         row = []
         for keep in (False, True):
-            _selection.KEEP_SHAPES = keep
-            jax.clear_caches()
-            row.append(median_ms(lambda: jp.global_unstructured(tree, 0.5)))
+            with _selection.forced(keep_shapes=keep):
+                row.append(median_ms(lambda: jp.global_unstructured(tree, 0.5)))
         print(f"{n}x{n} global (eager, 2 leaves) chunked {row[0]:8.2f} ms  shape-keeping {row[1]:8.2f} ms")
 
 

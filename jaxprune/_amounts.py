@@ -16,6 +16,11 @@ Traced amounts cannot raise, so out-of-range values are clamped (documented
 in the README and tested): a fraction below 0 or NaN prunes nothing, above 1
 prunes every unit; a count below 0 prunes nothing, above the number of units
 prunes them all.
+
+Counts go beyond 2**31 (a 7B-parameter model is an ordinary input), and jax
+has no 64-bit integers unless x64 is on: on the device a count is a
+:class:`Count`, a pair of uint32 words, with the few operations the selection
+needs. On the host counts are Python ints.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +41,119 @@ from ._typing import Amount, Array
 def is_traced(x: object) -> bool:
     """True for values only known inside a trace (jit, vmap, grad...)."""
     return isinstance(x, jax.core.Tracer)
+
+
+class Count(NamedTuple):
+    """A non-negative count below 2**64 on the device: ``hi * 2**32 + lo``.
+
+    Two uint32 words (scalars, or arrays of one shape: a histogram), since
+    int32 overflows at 2**31 entries and int64 needs x64. A pytree, so it
+    passes through ``jit`` and ``lax.cond``.
+    """
+
+    hi: Array
+    lo: Array
+
+
+_U32 = jnp.uint32
+_WORD = 1 << 32
+
+
+def host_count(n: int) -> Count:
+    """A Python int ``0 <= n < 2**64`` as a Count of NumPy words (one abstract type for every n)."""
+    n = int(n)
+    if not 0 <= n < _WORD * _WORD:
+        raise ValueError(f"a count must be in [0, 2**64), got {n}")
+    return Count(np.uint32(n >> 32), np.uint32(n & (_WORD - 1)))
+
+
+def as_count(n: int | Array | Count) -> Count:
+    """A Count from a Python int, a Count, or a non-negative integer array of at most 32 bits."""
+    if isinstance(n, Count):
+        return n
+    if isinstance(n, (int, np.integer)):
+        return host_count(n)
+    n = jnp.asarray(n)
+    if n.dtype.itemsize > 4:  # x64 on: a wide integer array
+        wide = jnp.maximum(n, 0).astype(jnp.uint64)
+        return Count((wide >> 32).astype(_U32), (wide & 0xFFFFFFFF).astype(_U32))
+    return Count(jnp.zeros(n.shape, _U32), jnp.maximum(n, 0).astype(_U32))
+
+
+def count_int(c: Count) -> int:
+    """A concrete scalar Count as a Python int."""
+    return (int(c.hi) << 32) | int(c.lo)
+
+
+def count_add(a: Count, b: Count) -> Count:
+    lo = a.lo + b.lo
+    return Count(a.hi + b.hi + (lo < a.lo).astype(_U32), lo)
+
+
+def count_sub(a: Count, b: Count) -> Count:
+    """``a - b`` for ``a >= b``."""
+    return Count(a.hi - b.hi - (a.lo < b.lo).astype(_U32), a.lo - b.lo)
+
+
+def count_less(a: Count, b: Count) -> Array:
+    return (a.hi < b.hi) | ((a.hi == b.hi) & (a.lo < b.lo))
+
+
+def count_equal(a: Count, b: Count) -> Array:
+    return (a.hi == b.hi) & (a.lo == b.lo)
+
+
+def count_where(pred: Array, a: Count, b: Count) -> Count:
+    return Count(jnp.where(pred, a.hi, b.hi), jnp.where(pred, a.lo, b.lo))
+
+
+def count_min(a: Count, b: Count) -> Count:
+    return count_where(count_less(a, b), a, b)
+
+
+def count_clip(c: Count, low: Count, high: Count) -> Count:
+    """``c`` clipped into ``[low, high]`` (``low <= high``)."""
+    return count_min(count_where(count_less(c, low), low, c), high)
+
+
+def count_int32(c: Count) -> Array:
+    """The count as int32, saturating at 2**31 - 1 (for counts known to be smaller)."""
+    big = (c.hi != 0) | (c.lo > np.uint32(np.iinfo(np.int32).max))
+    return jnp.where(big, np.int32(np.iinfo(np.int32).max), c.lo.astype(jnp.int32))
+
+
+def count_cumsum(c: Count) -> Count:
+    """Inclusive cumulative sums of a 1-D Count, exact: the low words are
+    summed modulo 2**32, and a step whose running low word went down carried
+    one into the high word (each addend is below 2**32, so at most one carry)."""
+    lo = jnp.cumsum(c.lo, dtype=_U32)
+    before = jnp.concatenate([jnp.zeros(1, _U32), lo[:-1]])
+    return Count(jnp.cumsum(c.hi + (lo < before).astype(_U32), dtype=_U32), lo)
+
+
+def count_true(mask: Array) -> Count:
+    """The number of True entries of a bool array, exact at any size.
+
+    Below 2**32 entries, one uint32 sum. Beyond: rows along the last axis are
+    summed in uint32 and the row sums added with carries (a two-word
+    reduction); a 1-D mask is summed in static slices of fewer than 2**32.
+    """
+    zero = jnp.zeros((), _U32)
+    if mask.size < _WORD:
+        return Count(zero, jnp.sum(mask, dtype=_U32))
+    if mask.ndim == 1 or mask.shape[-1] >= _WORD:
+        flat, total = mask.reshape(-1), Count(zero, zero)
+        for start in range(0, flat.size, _WORD - 1):
+            total = count_add(total, Count(zero, jnp.sum(flat[start : start + _WORD - 1], dtype=_U32)))
+        return total
+    sums = jnp.sum(mask, axis=-1, dtype=_U32).reshape(-1)
+    hi, lo = lax.reduce(
+        (jnp.zeros(sums.shape, _U32), sums),
+        (np.uint32(0), np.uint32(0)),
+        lambda a, b: tuple(count_add(Count(*a), Count(*b))),
+        (0,),
+    )
+    return Count(hi, lo)
 
 
 @dataclass(frozen=True)
@@ -62,6 +181,10 @@ def check_amount(amount: Amount) -> CheckedAmount:
     ...
     ValueError: amount=1.5 should either be a float in the range [0, 1] or a non-negative integer
     """
+    if isinstance(amount, (np.timedelta64, np.datetime64)) or (
+        isinstance(amount, np.ndarray) and amount.dtype.kind in "mM"
+    ):  # NumPy counts timedelta64 as an integer type: a duration is not a count
+        raise TypeError(f"Invalid type for amount: {amount!r}. Must be int or float, not a {np.dtype(amount.dtype)}.")
     if isinstance(amount, np.ndarray):
         if amount.ndim != 0:
             raise TypeError(f"Invalid amount: {amount!r}. Must be a scalar, got shape {amount.shape}.")
@@ -108,11 +231,12 @@ def _check_array_amount(amount: jax.Array) -> CheckedAmount:
 
 
 def count_to_prune(amount: CheckedAmount, units: int | Array) -> int | Array:
-    """The number of units to prune, ``k``.
+    """The number of units to prune, ``k``, for unit counts below 2**31.
 
     Returns a Python int when both the amount and ``units`` are concrete (and
     raises ``ValueError`` for a count above ``units``, as torch), otherwise an
-    int32 array (clamped into ``[0, units]``).
+    int32 array (clamped into ``[0, units]``). :func:`prune_count` is the same
+    rule at any size.
 
     >>> count_to_prune(check_amount(0.5), 5), count_to_prune(check_amount(0.5), 7)
     (2, 4)
@@ -121,49 +245,66 @@ def count_to_prune(amount: CheckedAmount, units: int | Array) -> int | Array:
     ...
     ValueError: amount=9 should be smaller than the number of parameters to prune=8
     """
-    if amount.concrete and not is_traced(units):
-        units = int(units)
-        if amount.is_count:
-            k = amount.value
-        else:
-            value = amount.value
-            if isinstance(value, float) or isinstance(value, numbers.Rational):
-                k = round(value * units)
-            else:  # another numbers.Real: use its float value
-                k = round(float(value) * units)
-        if k > units:
-            raise ValueError(f"amount={k} should be smaller than the number of parameters to prune={units}")
-        return int(k)
+    k = prune_count(amount, units)
+    return k if isinstance(k, int) else count_int32(k)
 
-    units = jnp.asarray(units, jnp.int32)
+
+def prune_count(amount: CheckedAmount, units: int | Array | Count) -> int | Count:
+    """``k`` exactly, for any number of units (beyond 2**31 too).
+
+    A Python int when the amount and ``units`` are concrete (a concrete array
+    amount included: it raises as the Python number does), otherwise a
+    :class:`Count` clamped into ``[0, units]``.
+
+    >>> prune_count(check_amount(0.5), 3 * 768_000_000)
+    1152000000
+    >>> count_int(prune_count(check_amount(jnp.float32(0.5)), host_count(5 * 2**31)))
+    5368709120
+    """
+    value = amount.value
+    if not is_traced(value) and not is_traced(units) and not isinstance(units, Count):
+        return _host_count_to_prune(value.item() if isinstance(value, jax.Array) else value, amount.is_count, int(units))
+    units = as_count(units)
     if amount.is_count:
-        if amount.concrete:
-            return jnp.minimum(jnp.int32(min(amount.value, np.iinfo(np.int32).max)), units)
-        return _clamp_count(amount.value, units)
-    if amount.concrete:
-        mantissa, shift = _float_parts_host(float(amount.value))
+        if is_traced(value):
+            return _clamp_count(value, units)
+        return count_min(host_count(min(int(value), _WORD * _WORD - 1)), units)
+    if not is_traced(value):
+        mantissa, shift = _float_parts_host(float(value))
         limbs = jnp.asarray(_to_limbs_host(mantissa), jnp.uint32)
         return round_scaled(limbs, jnp.asarray(shift, jnp.int32), units)
-    limbs, shift = _float_parts_device(amount.value)
+    limbs, shift = _float_parts_device(value)
     return round_scaled(limbs, shift, units)
 
 
-def _clamp_count(count: Array, units: Array) -> Array:
-    count = jnp.asarray(count)
-    if count.dtype.itemsize > 4:
-        count = jnp.clip(count, 0, jnp.iinfo(jnp.int32).max)
-    return jnp.clip(count.astype(jnp.int32), 0, units)
+def _host_count_to_prune(value: object, is_count: bool, units: int) -> int:
+    if is_count:
+        k = int(value)
+    elif isinstance(value, float) or isinstance(value, numbers.Rational):
+        k = round(value * units)
+    else:  # another numbers.Real: use its float value
+        k = round(float(value) * units)
+    if k > units:
+        raise ValueError(f"amount={k} should be smaller than the number of parameters to prune={units}")
+    return int(k)
+
+
+def _clamp_count(count: Array, units: Count) -> Count:
+    """A traced integer count clamped into ``[0, units]`` (negative: 0; unsigned: never wraps)."""
+    return count_min(as_count(count), units)
 
 
 # --------------------------------------------------------------------------
 # Exact round(float(a) * n) on the device, with 16-bit limbs in uint32.
-# a = mantissa * 2**-shift with mantissa < 2**53; n < 2**31.
+# a = mantissa * 2**-shift with mantissa < 2**53; n < 2**51 (then the float64
+# product keeps its units digit: no shift left is ever needed).
 # --------------------------------------------------------------------------
 
 _LIMB = 16
 _LIMB_MASK = (1 << _LIMB) - 1
 _M_LIMBS = 4  # mantissa: 64 bits
-_P_LIMBS = 6  # product: 96 bits
+_N_LIMBS = 4  # units: 64 bits
+_P_LIMBS = 8  # product: 128 bits
 
 
 def _float_parts_host(a: float) -> tuple[int, int]:
@@ -229,17 +370,18 @@ def _shift_right_rne(limbs: Array, shift: Array) -> Array:
     return _normalize(columns)
 
 
-def round_scaled(mantissa_limbs: Array, shift: Array, units: Array) -> Array:
+def round_scaled(mantissa_limbs: Array, shift: Array, units: Array | Count) -> Count:
     """``round(float(a) * units)`` exactly, with ``a = mantissa * 2**-shift <= 1``.
 
     Emulates Python: the product is rounded to a float64 (53 significant bits,
-    half to even), then to an integer (half to even).
+    half to even), then to an integer (half to even). ``units`` is a Count
+    (or a non-negative int32 array) below 2**51; so is the result.
     """
-    units = units.astype(jnp.uint32)
-    n_limbs = [units & _LIMB_MASK, units >> _LIMB]
+    units = as_count(units)
+    n_limbs = [units.lo & _LIMB_MASK, units.lo >> _LIMB, units.hi & _LIMB_MASK, units.hi >> _LIMB]
     columns = [jnp.zeros((), jnp.uint32) for _ in range(_P_LIMBS)]
     for i in range(_M_LIMBS):
-        for j in range(2):
+        for j in range(_N_LIMBS):
             prod = mantissa_limbs[i] * n_limbs[j]
             columns[i + j] = columns[i + j] + (prod & _LIMB_MASK)
             columns[i + j + 1] = columns[i + j + 1] + (prod >> _LIMB)
@@ -252,5 +394,7 @@ def round_scaled(mantissa_limbs: Array, shift: Array, units: Array) -> Array:
     dropped = jnp.maximum(msb - 52, 0)
     as_double = _shift_right_rne(product, dropped)  # value * 2**dropped
     k = _shift_right_rne(as_double, jnp.maximum(shift - dropped, 0))
-    result = (k[0] | (k[1] << _LIMB)).astype(jnp.int32)
-    return jnp.where(top < 0, 0, result)
+    zero = jnp.zeros((), jnp.uint32)
+    lo = jnp.where(top < 0, zero, k[0] | (k[1] << _LIMB))
+    hi = jnp.where(top < 0, zero, k[2] | (k[3] << _LIMB))
+    return Count(hi, lo)

@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._amounts import CheckedAmount, check_amount, count_to_prune, is_traced
+from ._amounts import CheckedAmount, Count, as_count, check_amount, count_true, host_count, is_traced, prune_count
 from ._errors import NormOrderError, PruningShapeError
-from ._selection import like, select_lowest, sort_keys
+from ._selection import like, magnitude_keys, select_lowest, sort_keys
 from ._typing import Amount, Array, ArrayLike, NormOrder, PRNGKey
 
 # --------------------------------------------------------------------------
@@ -31,24 +31,66 @@ from ._typing import Amount, Array, ArrayLike, NormOrder, PRNGKey
 
 
 def as_tensor(t: ArrayLike, name: str = "t") -> Array:
-    """``t`` as a jax array of a real numeric dtype (integer or floating)."""
+    """``t`` as a jax array of a real numeric dtype (integer or floating).
+
+    Without x64, jax holds no 64-bit values: a 64-bit NumPy integer array is
+    accepted when its values fit in 32 bits (then it ranks exactly), and a
+    float64 one when its finite values fit in float32 (it ranks at float32
+    precision); otherwise ``TypeError`` says to enable x64.
+    """
     if isinstance(t, jax.Array):
         arr = t
     else:
-        try:
-            host = np.asarray(t)
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"{name} must be a numeric array, got {type(t).__name__}: {t!r}") from err
+        host = _host_array(t, name)
         if host.dtype.kind not in "iuf" and host.dtype != jnp.bfloat16:
             raise TypeError(
                 f"{name} must have a real numeric dtype (integer or floating), got {host.dtype}: {t!r}"
             )
+        _check_narrowing(host, name)
         arr = jnp.asarray(host)
     if arr.dtype == jnp.bool_ or not (
         jnp.issubdtype(arr.dtype, jnp.integer) or jnp.issubdtype(arr.dtype, jnp.floating)
     ):
         raise TypeError(f"{name} must have a real numeric dtype (integer or floating), got {arr.dtype}")
     return arr
+
+
+def _host_array(t: object, name: str) -> np.ndarray:
+    """``np.asarray(t)``, with a clear error for what NumPy cannot read (a torch
+    tensor that requires grad, or on a GPU, raises torch's RuntimeError)."""
+    if type(t).__module__.split(".")[0] == "torch":
+        try:
+            return np.asarray(t)
+        except (RuntimeError, TypeError) as err:
+            raise TypeError(
+                f"{name} is a torch.Tensor ({getattr(t, 'dtype', '?')}, requires_grad="
+                f"{getattr(t, 'requires_grad', '?')}) that NumPy cannot read: convert it with "
+                "jaxprune.interop.to_jax(t) (or t.detach().cpu().numpy())"
+            ) from err
+    try:
+        return np.asarray(t)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be a numeric array, got {type(t).__name__}: {t!r}") from err
+
+
+def _check_narrowing(host: np.ndarray, name: str) -> None:
+    """Refuse 64-bit values that jax without x64 would change (wrap or overflow)."""
+    if host.dtype.itemsize != 8 or jax.config.jax_enable_x64 or host.size == 0:
+        return
+    if host.dtype.kind in "iu":
+        narrow = np.int32 if host.dtype.kind == "i" else np.uint32
+        info = np.iinfo(narrow)
+        bad = (host < info.min) | (host > info.max)
+    else:
+        finite = np.isfinite(host)
+        bad = finite & (np.abs(host) > np.finfo(np.float32).max)
+    if bad.any():
+        value = host[bad].flat[0]
+        raise TypeError(
+            f"{name} has dtype {host.dtype} and holds {value!r}, which jax without x64 cannot represent "
+            f"(it narrows {host.dtype} to 32 bits): enable x64 (jax.config.update('jax_enable_x64', True)) "
+            "or convert the values"
+        )
 
 
 def check_key(key: PRNGKey) -> PRNGKey:
@@ -70,7 +112,7 @@ def as_mask(mask: ArrayLike, shape: tuple[int, ...], name: str, t: ArrayLike | N
     Given the tensor ``t``, a mask placed on other devices is refused (a mask
     sharded differently over the same devices is resharded like ``t``).
     """
-    arr = mask if isinstance(mask, jax.Array) else jnp.asarray(mask)
+    arr = mask if isinstance(mask, jax.Array) else jnp.asarray(_host_array(mask, name))
     if tuple(arr.shape) != tuple(shape):
         raise PruningShapeError(f"{name} must have the tensor's shape {tuple(shape)}, got {tuple(arr.shape)}")
     if t is not None:
@@ -111,11 +153,28 @@ def check_dim(shape: tuple[int, ...], dim: int) -> int:
             "Structured pruning can only be applied to multidimensional tensors. "
             f"Found tensor of shape {tuple(shape)} with {len(shape)} dims"
         )
+    if is_traced(dim):
+        raise TypeError(
+            "dim must be a static Python int, got a traced value: under jax.jit mark it static, "
+            "e.g. jax.jit(f, static_argnames=('dim', 'n'))"
+        )
     if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, numbers.Integral):
         raise TypeError(f"dim must be an int, got {type(dim).__name__}: {dim!r}")
     if not -len(shape) <= dim < len(shape):
         raise IndexError(f"Invalid index {dim} for tensor of shape {tuple(shape)} (dims {-len(shape)} to {len(shape) - 1})")
     return int(dim) % len(shape)
+
+
+def check_shape(shape: object) -> tuple[int, ...]:
+    """A shape: a sequence of non-negative ints (a float extent such as 3.5 is refused, not truncated)."""
+    try:
+        extents = tuple(shape)  # type: ignore[arg-type]
+    except TypeError as err:
+        raise TypeError(f"shape must be a tuple of ints, got {type(shape).__name__}: {shape!r}") from err
+    for s in extents:
+        if isinstance(s, (bool, np.bool_)) or not isinstance(s, numbers.Integral) or s < 0:
+            raise TypeError(f"shape must be a tuple of non-negative ints, got {shape!r} (extent {s!r})")
+    return tuple(int(s) for s in extents)
 
 
 def check_norm(n: NormOrder, ndim: int | None = None) -> NormOrder:
@@ -138,18 +197,19 @@ def check_norm(n: NormOrder, ndim: int | None = None) -> NormOrder:
     return float(n)
 
 
-def count_units(default_mask: Array | None, total: int) -> int | Array:
-    """Units still unpruned: concrete when the mask is, traced otherwise."""
+def count_units(default_mask: Array | None, total: int) -> int | Count:
+    """Units still unpruned: a Python int when the mask is concrete, a
+    two-word :class:`~jaxprune._amounts.Count` when traced (exact beyond 2**31)."""
     if default_mask is None:
         return total
     if is_traced(default_mask):
-        return jnp.sum(default_mask, dtype=jnp.int32)
+        return count_true(default_mask)
     return int(np.count_nonzero(np.asarray(default_mask)))
 
 
-def _as_k(k: int | Array) -> Array:
-    # One abstract type for every k (a strong int32), so amounts never recompile.
-    return np.int32(k) if isinstance(k, int) else k
+def _as_k(k: int | Count) -> Count:
+    # One abstract type for every k (two uint32 words), so amounts never recompile.
+    return host_count(k) if isinstance(k, int) else as_count(k)
 
 
 # --------------------------------------------------------------------------
@@ -157,13 +217,9 @@ def _as_k(k: int | Array) -> Array:
 # --------------------------------------------------------------------------
 
 
-def _magnitude_keys(scores: Array) -> Array:
-    return sort_keys(jnp.abs(scores))
-
-
 @functools.partial(jax.jit, static_argnames=("absolute",))
 def _keep_lowest_entries(scores: Array, default_mask: Array | None, k: Array, absolute: bool = False) -> Array:
-    to_keys = _magnitude_keys if absolute else sort_keys
+    to_keys = magnitude_keys if absolute else sort_keys
     selected = select_lowest([scores], [default_mask], k, to_keys=to_keys)[0]
     return like(~selected if default_mask is None else default_mask & ~selected, scores)
 
@@ -206,7 +262,7 @@ def unstructured_mask(
 
 def _prune_entries(scores: Array, amount: CheckedAmount, default_mask: ArrayLike | None, absolute: bool) -> Array:
     mask = None if default_mask is None else as_mask(default_mask, scores.shape, "default_mask", scores)
-    k = count_to_prune(amount, count_units(mask, scores.size))
+    k = prune_count(amount, count_units(mask, scores.size))
     return _keep_lowest_entries(scores, mask, _as_k(k), absolute=absolute)
 
 
@@ -264,7 +320,7 @@ def structured_mask(
     Array([[ True, False,  True],
            [ True, False,  True]], dtype=bool)
     """
-    shape = tuple(int(s) for s in shape)
+    shape = check_shape(shape)
     dim = check_dim(shape, dim)
     scores = as_tensor(slice_scores, "slice_scores")
     if scores.shape != (shape[dim],):
@@ -284,7 +340,7 @@ def _prune_slices(
     known) gives the mask its sharding."""
     mask = None if default_mask is None else as_mask(default_mask, shape, "default_mask", t)
     alive = None if mask is None else alive_slices(mask, dim)
-    k = count_to_prune(amount, count_units(alive, shape[dim]))
+    k = prune_count(amount, count_units(alive, shape[dim]))
     return _keep_lowest_slices(scores, mask, alive, _as_k(k), shape, dim, t)
 
 
@@ -361,7 +417,7 @@ def random_unstructured(
     t = as_tensor(t)
     checked = check_amount(amount)
     mask = None if default_mask is None else as_mask(default_mask, t.shape, "default_mask", t)
-    k = count_to_prune(checked, count_units(mask, t.size))
+    k = prune_count(checked, count_units(mask, t.size))
     return _keep_lowest_random(key, t, mask, _as_k(k))
 
 

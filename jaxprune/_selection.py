@@ -29,15 +29,29 @@ beats chunks there); with one CPU device the chunked path runs instead.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ._amounts import (
+    Count,
+    as_count,
+    count_add,
+    count_cumsum,
+    count_equal,
+    count_int,
+    count_int32,
+    count_less,
+    count_sub,
+    count_true,
+    host_count,
+)
 from ._typing import Array
 
 try:  # where jax <= 0.10 exposes it
@@ -48,7 +62,8 @@ except ImportError:  # later jax: the implementation module (no public name foun
     except ImportError:
         shard_alike = None
 
-#: At most this many values in total take the stable-sort path.
+#: At most this many values in total take the stable-sort path (the default of
+#: :class:`Settings`).
 SORT_MAX = 4096
 #: Histogram passes split large arrays into chunks of about this many values
 #: (XLA:CPU scatters a chunk faster than a whole array, and the scratch space of
@@ -57,10 +72,51 @@ CHUNK = 1 << 18
 #: Row length cap for the tie cut (rows of at most this many values).
 ROW_MAX = 4096
 
-#: Keep array shapes (the sharding-safe path)? None: when there are several
-#: devices or the backend is not the CPU. Tests set it to force a path (then
-#: clear jax's caches).
-KEEP_SHAPES: bool | None = None
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How the selection runs. ``keep_shapes``: keep array shapes (the
+    sharding-safe path); None picks it when there are several devices or the
+    backend is not the CPU. The others are the sizes above."""
+
+    keep_shapes: bool | None = None
+    sort_max: int = SORT_MAX
+    chunk: int = CHUNK
+    row_max: int = ROW_MAX
+
+
+# A jit-cache-keyed context: a jitted function traced under other settings is
+# traced again, never served from the cache (jax.make_user_context).
+_SETTINGS = jax.make_user_context(Settings())
+
+
+def settings() -> Settings:
+    """The settings in force (read while tracing)."""
+    return _SETTINGS.value
+
+
+@contextlib.contextmanager
+def forced(**changes: object) -> Iterator[Settings]:
+    """Run the selection with other :class:`Settings` inside the block (tests,
+    benchmarks): ``with forced(keep_shapes=True, sort_max=0): ...``.
+
+    jax's jit caches are keyed on the settings, so a kernel compiled under
+    other settings is never reused.
+
+    >>> with forced(sort_max=0) as s:
+    ...     s.sort_max, settings().sort_max
+    (0, 0)
+    >>> settings().sort_max == SORT_MAX
+    True
+    """
+    names = {f.name for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        raise TypeError(f"forced() got unknown settings {unknown}; expected some of {sorted(names)}")
+    new = dataclasses.replace(settings(), **changes)
+    with _SETTINGS(new):
+        yield new
+
 
 _DIGIT_BITS = 16
 _BINS = 1 << _DIGIT_BITS
@@ -104,12 +160,64 @@ def sort_keys(scores: Array) -> Array:
     raise TypeError(f"scores must be real numbers, got dtype {dtype}")
 
 
+def magnitude_keys(x: Array, dtype: np.dtype | None = None) -> Array:
+    """Sort keys of ``|x|``, exact: an integer's magnitude is taken in the
+    unsigned type of its width (``|int8(-128)|`` is 128, where ``jnp.abs``
+    wraps to -128). ``dtype`` (from :func:`magnitude_dtype`) puts arrays of
+    several dtypes on one exact scale.
+
+    >>> import jax.numpy as jnp
+    >>> keys = magnitude_keys(jnp.array([-128, 127, -1], jnp.int8))
+    >>> keys.dtype.name, keys.tolist()
+    ('uint32', [128, 127, 1])
+    """
+    if jnp.issubdtype(x.dtype, jnp.integer):
+        udt = np.dtype(f"uint{x.dtype.itemsize * 8}")
+        u = x.astype(udt)
+        magnitude = jnp.where(x < 0, np.array(0, udt) - u, u) if jnp.issubdtype(x.dtype, jnp.signedinteger) else u
+        return sort_keys(magnitude if dtype is None else magnitude.astype(dtype))
+    return sort_keys(jnp.abs(x if dtype is None else x.astype(dtype)))
+
+
+def magnitude_dtype(dtypes: Sequence[np.dtype]) -> np.dtype | None:
+    """One dtype that holds the magnitudes of all these dtypes exactly (None:
+    a single dtype, ranked as it is), so that arrays of several dtypes rank on
+    one scale. Raises ``TypeError`` for a mix no dtype holds exactly.
+
+    >>> magnitude_dtype([jnp.float16, jnp.bfloat16, jnp.float32]).name
+    'float32'
+    >>> magnitude_dtype([jnp.int8, jnp.int32]).name
+    'uint32'
+    """
+    kinds = sorted({np.dtype(d) for d in dtypes}, key=str)
+    if len(kinds) <= 1:
+        return None
+    floats = [d for d in kinds if jnp.issubdtype(d, jnp.floating)]
+    ints = [d for d in kinds if not jnp.issubdtype(d, jnp.floating)]
+    if not floats:
+        return np.dtype(f"uint{max(d.itemsize for d in ints) * 8}")
+    wide = max(d.itemsize for d in floats) == 8 or any(d.itemsize == 4 for d in ints)
+    fdt = np.dtype(np.float64 if wide else np.float32)
+    exact_bits = 53 if wide else 24  # integers up to 2**bits are exact floats
+    too_wide = [d for d in ints if d.itemsize * 8 > exact_bits]
+    if too_wide or (wide and not jax.config.jax_enable_x64):
+        names = ", ".join(d.name for d in kinds)
+        raise TypeError(
+            f"cannot rank leaves of dtypes {names} on one scale exactly: "
+            + ("no float holds those integers exactly" if too_wide else "that needs float64, and x64 is off")
+            + "; cast the leaves (or their importance_scores) to one dtype first"
+            + ("" if too_wide else ", or enable x64 (jax.config.update('jax_enable_x64', True))")
+        )
+    return fdt
+
+
 def keeps_shapes() -> bool:
     """Whether selection keeps array shapes: with several devices (arrays may
     be sharded) and off CPU (a GPU scatters a whole array faster than chunks:
     on an H100, random_unstructured of 8192x8192 took 2.2 ms vs 7.8 ms)."""
-    if KEEP_SHAPES is not None:
-        return KEEP_SHAPES
+    forced_value = settings().keep_shapes
+    if forced_value is not None:
+        return forced_value
     return jax.device_count() > 1 or jax.default_backend() != "cpu"
 
 
@@ -128,7 +236,7 @@ def like(x: Array, t: Array) -> Array:
 def select_lowest(
     scores: Sequence[Array],
     candidates: Sequence[Array | None],
-    k: Array,
+    k: int | Array | Count,
     *,
     to_keys: Callable[[Array], Array] = sort_keys,
     on_pass: Callable[[int], None] | None = None,
@@ -139,7 +247,9 @@ def select_lowest(
       scores: arrays whose flat concatenation is the ranked sequence.
       candidates: for each array, a bool array of its shape (False: never
         selected) or None (every entry is a candidate).
-      k: int32 scalar, ``0 <= k <= number of candidates`` (the caller clamps).
+      k: ``0 <= k <= number of candidates`` (the caller clamps): a
+        :class:`~jaxprune._amounts.Count` (exact beyond 2**31), or an int32
+        scalar or Python int.
       to_keys: maps (a chunk of) scores to unsigned sort keys of one dtype; it
         is applied inside each pass, so keys for the whole input never sit in
         memory at once.
@@ -149,15 +259,15 @@ def select_lowest(
     Returns:
       For each array, a bool array of its shape: True where selected.
     """
-    k = jnp.asarray(k, jnp.int32)
+    k = as_count(k)
     out = [jnp.zeros(jnp.shape(x), bool) for x in scores]
     nonempty = [i for i, x in enumerate(scores) if jnp.size(x)]
     if not nonempty:
         return out
     xs = [scores[i] for i in nonempty]
     cs = [candidates[i] for i in nonempty]
-    if sum(x.size for x in xs) <= SORT_MAX:
-        flat = _select_by_sort([to_keys(jnp.ravel(x)) for x in xs], [_ravel(c) for c in cs], k)
+    if sum(x.size for x in xs) <= settings().sort_max:
+        flat = _select_by_sort([to_keys(jnp.ravel(x)) for x in xs], [_ravel(c) for c in cs], count_int32(k))
         selected = [sel.reshape(x.shape) for sel, x in zip(flat, xs)]
     else:
         selected = _select_by_radix(xs, cs, k, to_keys, on_pass)
@@ -169,7 +279,7 @@ def select_lowest(
 def radix_passes(sizes: Sequence[int], key_dtype: np.dtype) -> int:
     """How many histogram passes :func:`select_lowest` makes over inputs of
     these sizes with keys of ``key_dtype`` (0: they take the sort path)."""
-    if sum(sizes) <= SORT_MAX:
+    if sum(sizes) <= settings().sort_max:
         return 0
     return np.dtype(key_dtype).itemsize * 8 // _DIGIT_BITS
 
@@ -199,10 +309,14 @@ def _select_by_sort(keys: list[Array], cands: list[Array | None], k: Array) -> l
 # Radix select
 # --------------------------------------------------------------------------
 
+#: Histogram bins are uint32: exact for up to this many entries per scatter
+#: (bigger arrays are counted in parts, added as two-word counts).
+_BIN_MAX = (1 << 32) - 1
+
 
 def _count_digits(hist: Array, keys: Array, live: Array | None, shift: int, prefix: Array) -> Array:
-    """Add to ``hist`` the key digits at ``shift`` of the live entries whose
-    higher digits equal those of ``prefix`` (any shape: a scatter-add)."""
+    """Add to ``hist`` (uint32) the key digits at ``shift`` of the live entries
+    whose higher digits equal those of ``prefix`` (any shape: a scatter-add)."""
     udt = prefix.dtype
     higher = shift + _DIGIT_BITS
     digit = ((keys >> np.array(shift, udt)) & np.array(_BINS - 1, udt)).astype(jnp.int32)
@@ -211,7 +325,11 @@ def _count_digits(hist: Array, keys: Array, live: Array | None, shift: int, pref
         live = same if live is None else live & same
     if live is not None:
         digit = jnp.where(live, digit, _BINS)  # out of range: dropped
-    return hist.at[digit].add(1, mode="drop")
+    return hist.at[digit].add(np.uint32(1), mode="drop")
+
+
+def _zero_hist() -> Array:
+    return jnp.zeros(_BINS, jnp.uint32)
 
 
 def _histogram(
@@ -220,59 +338,93 @@ def _histogram(
     to_keys: Callable[[Array], Array],
     shift: int,
     prefix: Array,
-) -> Array:
-    """The digit histogram of the arrays.
+) -> Count:
+    """The digit histogram of the arrays, as two-word counts (exact at any size).
 
     Where arrays keep their shapes (:func:`keeps_shapes`), one scatter per
-    array. Otherwise each array is read flat, in chunks of CHUNK values inside
-    a loop, so only one chunk's keys and digits exist at a time (and XLA:CPU
-    scatters a chunk faster than a whole array).
+    array. Otherwise each array is read as rows (:func:`_rows`), a block of
+    rows of about ``chunk`` values per loop step, so only one block's keys and
+    digits exist at a time (and XLA:CPU scatters a chunk faster than a whole
+    array). Each scatter counts fewer than 2**32 entries into uint32 bins.
     """
-    hist = jnp.zeros(_BINS, jnp.int32)
+    zero = jnp.zeros(_BINS, jnp.uint32)
+    hist = Count(zero, zero)
     for x, c in zip(scores, cands):
-        if keeps_shapes():
-            hist = _count_digits(hist, to_keys(x), c, shift, prefix)
+        if keeps_shapes() and x.size <= _BIN_MAX:
+            hist = count_add(hist, Count(zero, _count_digits(_zero_hist(), to_keys(x), c, shift, prefix)))
             continue
-        x, c = jnp.ravel(x), _ravel(c)
-        full = x.size // CHUNK
-        if full:
+        for part in _row_blocks(x, c):
+            hist = count_add(hist, Count(zero, _block_histogram(part, to_keys, shift, prefix)))
+    return hist
 
-            def body(i: Array, hist: Array, x: Array = x, c: Array | None = c) -> Array:
-                start = i * CHUNK
-                part = lax.dynamic_slice_in_dim(x, start, CHUNK)
-                live = None if c is None else lax.dynamic_slice_in_dim(c, start, CHUNK)
-                return _count_digits(hist, to_keys(part), live, shift, prefix)
 
-            hist = lax.fori_loop(0, full, body, hist)
-        if x.size % CHUNK:
-            tail = full * CHUNK
-            hist = _count_digits(hist, to_keys(x[tail:]), None if c is None else c[tail:], shift, prefix)
+def _rows(x: Array) -> Array:
+    """The flat row view: ``x`` as ``(rows, length)``, ``length`` the largest
+    divisor of its size up to ``row_max`` (a free reshape). Row indices, not
+    flat positions, address it, so int32 indices reach beyond 2**31 entries."""
+    length = _row_length(x.size)
+    if x.size // length > np.iinfo(np.int32).max:
+        raise ValueError(
+            f"cannot select among {x.size} entries: its rows of {length} (the largest divisor of the size up to "
+            f"{settings().row_max}) are too many to index with int32; reshape the scores"
+        )
+    return x.reshape(x.size // length, length)
+
+
+def _row_blocks(x: Array, c: Array | None) -> list[tuple[Array, Array | None, int, int, int]]:
+    """``(rows, cand rows, first, last, block)``: ranges of the row view of
+    fewer than 2**32 entries each, read ``block`` rows per loop step."""
+    rows = _rows(x)
+    crows = None if c is None else c.reshape(rows.shape)
+    n_rows, length = rows.shape
+    per_part = max(1, _BIN_MAX // length)
+    block = max(1, settings().chunk // length)
+    return [(rows, crows, first, min(n_rows, first + per_part), block) for first in range(0, n_rows, per_part)]
+
+
+def _block_histogram(
+    part: tuple[Array, Array | None, int, int, int], to_keys: Callable[[Array], Array], shift: int, prefix: Array
+) -> Array:
+    rows, crows, first, last, block = part
+    steps = (last - first) // block
+
+    def body(i: Array, hist: Array) -> Array:
+        start = first + i * block
+        keys = to_keys(lax.dynamic_slice_in_dim(rows, start, block).reshape(-1))
+        live = None if crows is None else lax.dynamic_slice_in_dim(crows, start, block).reshape(-1)
+        return _count_digits(hist, keys, live, shift, prefix)
+
+    hist = lax.fori_loop(0, steps, body, _zero_hist()) if steps else _zero_hist()
+    tail = first + steps * block
+    if tail < last:
+        live = None if crows is None else crows[tail:last].reshape(-1)
+        hist = _count_digits(hist, to_keys(rows[tail:last].reshape(-1)), live, shift, prefix)
     return hist
 
 
 def _threshold(
-    histogram: Callable[[int, Array], Array],
+    histogram: Callable[[int, Array], Count],
     udt: np.dtype,
-    k: Array,
+    k: Count,
     on_pass: Callable[[int], None] | None = None,
-) -> tuple[Array, Array, Array]:
+) -> tuple[Array, Count, Count]:
     """Radix select of the k-th lowest key, 16 bits per pass.
 
     Returns ``(threshold, remaining, tied)``: every candidate with a key below
     ``threshold`` is selected, and ``remaining`` of the ``tied`` candidates
-    whose key equals it.
+    whose key equals it (counts as two words: exact beyond 2**31).
     """
     prefix = jnp.zeros((), udt)
     remaining = k  # how many still to select at or above the current prefix
-    tied = jnp.zeros((), jnp.int32)
+    tied = as_count(jnp.zeros((), jnp.uint32))
     for number, shift in enumerate(range(udt.itemsize * 8 - _DIGIT_BITS, -1, -_DIGIT_BITS), start=1):
         hist = histogram(shift, prefix)
-        cum = jnp.cumsum(hist)
+        cum = count_cumsum(hist)
         if on_pass is not None:  # runs once the histogram exists (it is the callback's operand)
-            jax.debug.callback(lambda _, number=number: on_pass(number), cum[-1])
-        digit = jnp.minimum(_count_below(cum, remaining), _BINS - 1)
-        tied = hist[digit]
-        remaining = remaining - (cum[digit] - tied)
+            jax.debug.callback(lambda _, number=number: on_pass(number), cum.lo[-1])
+        digit = jnp.minimum(jnp.sum(count_less(cum, remaining), dtype=jnp.int32), _BINS - 1)
+        tied = Count(hist.hi[digit], hist.lo[digit])
+        remaining = count_sub(remaining, count_sub(Count(cum.hi[digit], cum.lo[digit]), tied))
         prefix = prefix | (digit.astype(udt) << np.array(shift, udt))
     return prefix, remaining, tied
 
@@ -280,7 +432,7 @@ def _threshold(
 def _select_by_radix(
     scores: list[Array],
     cands: list[Array | None],
-    k: Array,
+    k: Count,
     to_keys: Callable[[Array], Array],
     on_pass: Callable[[int], None] | None = None,
 ) -> list[Array]:
@@ -297,23 +449,7 @@ def _select_by_radix(
     def cut_ties(_: None) -> list[Array]:
         return _tie_cut(scores, cands, to_keys, threshold, remaining)
 
-    return lax.cond(remaining == tied, below_or_equal, cut_ties, None)
-
-
-def _tie_cut(
-    scores: list[Array],
-    cands: list[Array | None],
-    to_keys: Callable[[Array], Array],
-    threshold: Array,
-    remaining: Array,
-) -> list[Array]:
-    """Select keys below ``threshold`` plus the first ``remaining`` equal ones
-    (by position), in the arrays' shapes, on the path :func:`keeps_shapes` picks."""
-    if keeps_shapes():
-        return _tie_cut_in_place(scores, cands, to_keys, threshold, remaining)
-    flat = _select_with_tie_cut([jnp.ravel(x) for x in scores], [_ravel(c) for c in cands], to_keys,
-                                threshold, remaining)
-    return [sel.reshape(x.shape) for sel, x in zip(flat, scores)]
+    return lax.cond(count_equal(remaining, tied), below_or_equal, cut_ties, None)
 
 
 def _count_below(ascending: Array, value: Array) -> Array:
@@ -327,107 +463,34 @@ def _live(mask: Array, cand: Array | None) -> Array:
 
 
 def _row_length(n: int) -> int:
-    """The largest divisor of ``n`` that is at most ROW_MAX."""
-    for length in range(min(n, ROW_MAX), 0, -1):
+    """The largest divisor of ``n`` that is at most ``row_max``."""
+    for length in range(min(n, settings().row_max), 0, -1):
         if n % length == 0:
             return length
     return 1
 
 
-def _tie_row_counts(
-    x: Array, c: Array | None, to_keys: Callable[[Array], Array], threshold: Array, length: int
-) -> Array:
-    """Per-row counts of candidates whose key equals ``threshold`` (rows of ``length``).
-
-    Counted block by block in a loop: XLA:CPU would otherwise materialise the
-    whole comparison as int32 before reducing it (4 bytes per entry).
-    """
-
-    def count(part: Array, live: Array | None) -> Array:
-        tie = _live(to_keys(part) == threshold, live).reshape(-1, length)
-        return jnp.sum(tie, axis=1, dtype=jnp.int32)
-
-    rows = x.size // length
-    block = max(1, CHUNK // length)  # rows per loop step
-    steps = rows // block
-    pieces = []
-    if steps:
-
-        def body(i: Array, acc: Array) -> Array:
-            start = i * (block * length)
-            part = lax.dynamic_slice_in_dim(x, start, block * length)
-            live = None if c is None else lax.dynamic_slice_in_dim(c, start, block * length)
-            return lax.dynamic_update_slice_in_dim(acc, count(part, live), i * block, 0)
-
-        pieces.append(lax.fori_loop(0, steps, body, jnp.zeros(steps * block, jnp.int32)))
-    tail = steps * block * length
-    if tail < x.size:
-        pieces.append(count(x[tail:], None if c is None else c[tail:]))
-    return jnp.concatenate(pieces)
-
-
-def _select_with_tie_cut(
-    scores: list[Array],
-    cands: list[Array | None],
-    to_keys: Callable[[Array], Array],
-    threshold: Array,
-    remaining: Array,
-) -> list[Array]:
-    """Select keys below ``threshold`` plus the first ``remaining`` equal ones.
-
-    Each array is viewed as rows; per-row counts of tied candidates locate the
-    row holding the cut, and a cumulative sum over that one row finds the column.
-    """
-    lengths = [_row_length(x.size) for x in scores]
-    counts = jnp.concatenate(
-        [_tie_row_counts(x, c, to_keys, threshold, n) for x, c, n in zip(scores, cands, lengths)]
-    )
-    cum = jnp.cumsum(counts)
-    cut_row = _count_below(cum, remaining)
-    cut_row = jnp.minimum(cut_row, counts.size - 1)
-    in_row = remaining - (cum[cut_row] - counts[cut_row])  # ties to take in the cut row
-
-    rows = [x.size // n for x, n in zip(scores, lengths)]
-    offsets = [int(o) for o in np.cumsum([0] + rows[:-1])]
-    cut_col = jnp.zeros((), jnp.int32)
-    for x, c, length, n_rows, offset in zip(scores, cands, lengths, rows, offsets):
-        start = jnp.clip(cut_row - offset, 0, n_rows - 1) * length
-        row = to_keys(lax.dynamic_slice_in_dim(x, start, length)) == threshold
-        if c is not None:
-            row = row & lax.dynamic_slice_in_dim(c, start, length)
-        col = _count_below(jnp.cumsum(row, dtype=jnp.int32), in_row)
-        inside = (cut_row >= offset) & (cut_row < offset + n_rows)
-        cut_col = jnp.where(inside, col, cut_col)
-
-    out = []
-    for x, c, length, n_rows, offset in zip(scores, cands, lengths, rows, offsets):
-        keys = to_keys(x).reshape(n_rows, length)
-        row_ids = lax.broadcasted_iota(jnp.int32, (n_rows, length), 0) + np.int32(offset)
-        col_ids = lax.broadcasted_iota(jnp.int32, (n_rows, length), 1)
-        before_cut = (row_ids < cut_row) | ((row_ids == cut_row) & (col_ids <= cut_col))
-        chosen = (keys < threshold) | ((keys == threshold) & before_cut & (remaining > 0))
-        out.append(_live(chosen.reshape(-1), c))
-    return out
-
-
 # --------------------------------------------------------------------------
-# The tie cut keeping shapes (arrays that may be sharded)
+# The tie cut
 # --------------------------------------------------------------------------
 
 
 def _as_rows(x: Array) -> Array:
-    """The view the in-place tie cut reads: rows along the last axis (a 1-D
-    array is split into rows of at most ROW_MAX, a 0-d one is one row)."""
+    """The rows the tie cut reads. Keeping shapes: rows along the last axis
+    (a 1-D array is split into rows of at most ``row_max``, a 0-d one is one
+    row). Otherwise the flat row view, :func:`_rows`."""
+    if not keeps_shapes():
+        return _rows(x)
     if x.ndim == 0:
         return x.reshape(1, 1)
     if x.ndim == 1:
-        length = _row_length(x.size)
-        return x.reshape(x.size // length, length)
+        return _rows(x)
     return x
 
 
 def _row_ids(shape: tuple[int, ...], offset: int) -> Array:
-    """Flat row-major index of every position of ``shape``, plus ``offset``."""
+    """Row-major index of every position of ``shape``, plus ``offset`` (int32:
+    the caller checks that the rows fit)."""
     ids = jnp.full(shape, np.int32(offset))
     stride = 1
     for d in range(len(shape) - 1, -1, -1):
@@ -436,37 +499,89 @@ def _row_ids(shape: tuple[int, ...], offset: int) -> Array:
     return ids
 
 
-def _tie_cut_in_place(
+def _row_tie_counts(rows: Array, crows: Array | None, ties: Callable[[Array, Array | None], Array]) -> Array:
+    """Tied candidates per row (int32, the rows' leading shape). Keeping
+    shapes, one reduction; otherwise block by block in a loop: XLA:CPU would
+    otherwise materialise the whole comparison as int32 before reducing it
+    (4 bytes per entry)."""
+
+    def count(part: Array, live: Array | None) -> Array:
+        return jnp.sum(ties(part, live), axis=-1, dtype=jnp.int32)
+
+    if keeps_shapes():
+        return count(rows, crows)
+    n_rows, length = rows.shape
+    block = max(1, settings().chunk // length)  # rows per loop step
+    steps = n_rows // block
+    pieces = []
+    if steps:
+
+        def body(i: Array, acc: Array) -> Array:
+            part = lax.dynamic_slice_in_dim(rows, i * block, block)
+            live = None if crows is None else lax.dynamic_slice_in_dim(crows, i * block, block)
+            return lax.dynamic_update_slice_in_dim(acc, count(part, live), i * block, 0)
+
+        pieces.append(lax.fori_loop(0, steps, body, jnp.zeros(steps * block, jnp.int32)))
+    tail = steps * block
+    if tail < n_rows:
+        pieces.append(count(rows[tail:], None if crows is None else crows[tail:]))
+    return jnp.concatenate(pieces)
+
+
+def _cut_row(rows: Array, crows: Array | None, ids: Array, local: Array, cut_row: Array,
+             ties: Callable[[Array, Array | None], Array]) -> Array:
+    """The tie flags of row ``cut_row`` of these rows (``local``: its index
+    here, clipped). Keeping shapes, a masked sum over rows (no gather across
+    shards); otherwise one dynamic slice of the flat row view."""
+    if keeps_shapes():
+        picked = ties(rows, crows) & (ids == cut_row)[..., None]
+        return jnp.sum(picked, axis=tuple(range(rows.ndim - 1)), dtype=jnp.int32)
+    row = lax.dynamic_slice_in_dim(rows, local, 1)
+    crow = None if crows is None else lax.dynamic_slice_in_dim(crows, local, 1)
+    return ties(row, crow)[0].astype(jnp.int32)
+
+
+def _tie_cut(
     scores: list[Array],
     cands: list[Array | None],
     to_keys: Callable[[Array], Array],
     threshold: Array,
-    remaining: Array,
+    remaining: Count,
 ) -> list[Array]:
-    """Select keys below ``threshold`` plus the first ``remaining`` equal ones,
-    rows being the last axis: per-row tie counts (one reduction) locate the
-    cut row, a masked sum over rows extracts that row for a short cumsum."""
+    """Select keys below ``threshold`` plus the first ``remaining`` equal ones
+    (by position), in the arrays' shapes.
+
+    Each array is read as rows (:func:`_as_rows`): per-row counts of tied
+    candidates (int32: a row is short) and their two-word running sum (exact
+    beyond 2**31) locate the row holding the cut, and a cumulative sum over
+    that one row finds the column. Rows are numbered across the arrays, in
+    order, with int32 (at most 2**31 - 1 rows in all).
+    """
     views = [(_as_rows(x), None if c is None else _as_rows(c)) for x, c in zip(scores, cands)]
+    n_rows = [x.size // x.shape[-1] for x, _ in views]
+    if sum(n_rows) > np.iinfo(np.int32).max:
+        raise ValueError(f"cannot cut ties over {sum(n_rows)} rows (at most 2**31 - 1): reshape the scores")
 
     def ties(x: Array, c: Array | None) -> Array:
         return _live(to_keys(x) == threshold, c)
 
-    counts = jnp.concatenate([jnp.sum(ties(x, c), axis=-1, dtype=jnp.int32).ravel() for x, c in views])
-    cum = jnp.cumsum(counts)
-    cut_row = jnp.minimum(_count_below(cum, remaining), counts.size - 1)
-    in_row = remaining - (cum[cut_row] - counts[cut_row])  # ties to take in the cut row
+    counts = jnp.concatenate([_row_tie_counts(x, c, ties).ravel() for x, c in views])
+    cum = count_cumsum(as_count(counts))
+    cut_row = jnp.minimum(jnp.sum(count_less(cum, remaining), dtype=jnp.int32), counts.size - 1)
+    before = count_sub(Count(cum.hi[cut_row], cum.lo[cut_row]), as_count(counts[cut_row]))
+    in_row = count_int32(count_sub(remaining, before))  # ties to take in the cut row (< its length)
+    any_left = (remaining.hi | remaining.lo) != 0
 
     row_ids, offset = [], 0
     cut_col = jnp.zeros((), jnp.int32)
-    for x, c in views:
+    for (x, c), rows_here in zip(views, n_rows):
         ids = _row_ids(x.shape[:-1], offset)
-        n_rows = x.size // x.shape[-1]
-        row = jnp.sum(ties(x, c) & (ids == cut_row)[..., None], axis=tuple(range(x.ndim - 1)), dtype=jnp.int32)
-        col = _count_below(jnp.cumsum(row), in_row)
-        inside = (cut_row >= offset) & (cut_row < offset + n_rows)
+        local = jnp.clip(cut_row - offset, 0, rows_here - 1)
+        col = _count_below(jnp.cumsum(_cut_row(x, c, ids, local, cut_row, ties)), in_row)
+        inside = (cut_row >= offset) & (cut_row < offset + rows_here)
         cut_col = jnp.where(inside, col, cut_col)
         row_ids.append(ids)
-        offset += n_rows
+        offset += rows_here
 
     out = []
     for (x, c), ids, orig in zip(views, row_ids, scores):
@@ -474,7 +589,7 @@ def _tie_cut_in_place(
         col_ids = lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
         ids = ids[..., None]
         before_cut = (ids < cut_row) | ((ids == cut_row) & (col_ids <= cut_col))
-        chosen = (keys < threshold) | ((keys == threshold) & before_cut & (remaining > 0))
+        chosen = (keys < threshold) | ((keys == threshold) & before_cut & any_left)
         out.append(like(_live(chosen, c).reshape(orig.shape), orig))
     return out
 
@@ -490,8 +605,9 @@ class Ranking:
 
     ``draws``: the leaf's source is a PRNG key and its values are uint32 draws
     of the leaf's shape (and sharding). Otherwise the source is the scores
-    array; the keys are those of ``|scores|`` (``absolute``) cast to ``dtype``
-    (when given).
+    array; the keys are those of ``|scores|`` (``absolute``, exact: see
+    :func:`magnitude_keys`) on the scale of ``dtype`` (when given: leaves of
+    several dtypes, see :func:`magnitude_dtype`).
     """
 
     draws: bool = False
@@ -504,9 +620,9 @@ class Ranking:
     def keys(self, x: Array) -> Array:
         if self.draws:
             return sort_keys(x)
-        if self.dtype is not None:
-            x = x.astype(self.dtype)
-        return sort_keys(jnp.abs(x) if self.absolute else x)
+        if self.absolute:
+            return magnitude_keys(x, self.dtype)
+        return sort_keys(x if self.dtype is None else x.astype(self.dtype))
 
 
 @functools.partial(jax.jit, static_argnames=("ranking", "shift"))
@@ -519,7 +635,7 @@ def _leaf_histogram(
 @functools.partial(jax.jit, static_argnames=("ranking",))
 def _leaf_ties(source: Array, leaf: Array, cand: Array | None, threshold: Array, *, ranking: Ranking) -> Array:
     keys = ranking.keys(ranking.values(source, leaf))
-    return jnp.sum(_live(keys == threshold, cand), dtype=jnp.int32)
+    return count_true(_live(keys == threshold, cand))
 
 
 @functools.partial(jax.jit, static_argnames=("ranking", "ties"))
@@ -528,7 +644,7 @@ def _leaf_keep(
     leaf: Array,
     cand: Array | None,
     threshold: Array,
-    remaining: Array,
+    remaining: Count,
     *,
     ranking: Ranking,
     ties: str,
@@ -570,9 +686,9 @@ def select_lowest_by_leaf(
     out: list[Array | None] = [None if leaf.size else jnp.zeros(leaf.shape, bool) for leaf in leaves]
     if not live:
         return out
-    if sum(leaves[i].size for i in live) <= SORT_MAX:
+    if sum(leaves[i].size for i in live) <= settings().sort_max:
         values = [ranking.values(sources[i], leaves[i]) for i in live]
-        selected = select_lowest(values, [candidates[i] for i in live], np.int32(k), to_keys=ranking.keys)
+        selected = select_lowest(values, [candidates[i] for i in live], k, to_keys=ranking.keys)
         for i, sel in zip(live, selected):
             c = candidates[i]
             out[i] = ~sel if c is None else c & ~sel
@@ -583,11 +699,11 @@ def select_lowest_by_leaf(
     def histogram(shift: int, prefix: Array) -> Array:
         hists = [_leaf_histogram(sources[i], leaves[i], candidates[i], prefix, ranking=ranking, shift=shift)
                  for i in live]
-        return functools.reduce(jnp.add, hists)
+        return functools.reduce(count_add, hists)
 
     # The traced path's passes, run eagerly: each leaf kernel is compiled on its own.
-    threshold, remaining, tied = _threshold(histogram, udt, jnp.int32(k), on_pass)
-    remaining, tied = int(remaining), int(tied)
+    threshold, remaining, tied = _threshold(histogram, udt, host_count(k), on_pass)
+    remaining, tied = count_int(remaining), count_int(tied)
     left = remaining  # ties still to select, lowest positions first, in leaf order
     for i in live:
         if remaining == tied:  # every tie is selected: no leaf needs counting
@@ -595,9 +711,9 @@ def select_lowest_by_leaf(
         elif left == 0:
             ties = "none"
         else:
-            n = int(_leaf_ties(sources[i], leaves[i], candidates[i], threshold, ranking=ranking))
+            n = count_int(_leaf_ties(sources[i], leaves[i], candidates[i], threshold, ranking=ranking))
             ties = "all" if n <= left else "first"
-        out[i] = _leaf_keep(sources[i], leaves[i], candidates[i], threshold, np.int32(left), ranking=ranking,
+        out[i] = _leaf_keep(sources[i], leaves[i], candidates[i], threshold, host_count(left), ranking=ranking,
                             ties=ties)
         if ties == "all" and remaining != tied:
             left -= n

@@ -21,12 +21,13 @@ import numpy as np
 from jax import tree_util
 
 from . import _methods
-from ._amounts import CheckedAmount, check_amount, count_to_prune
+from ._amounts import CheckedAmount, Count, as_count, check_amount, count_add, count_int, prune_count
 from ._errors import PruningShapeError
 from ._selection import (
     Ranking,
     key_dtype,
     like,
+    magnitude_dtype,
     radix_passes,
     select_lowest,
     select_lowest_by_leaf,
@@ -70,6 +71,9 @@ def leaf_key(key: PRNGKey, path: str) -> PRNGKey:
     >>> bool((jax.random.key_data(leaf_key(k, "a.kernel")) == jax.random.key_data(leaf_key(k, "a.kernel"))).all())
     True
     """
+    if not isinstance(path, str):
+        raise TypeError(f"path must be a str (a leaf path such as 'a.kernel'), got {type(path).__name__}: {path!r}")
+    key = _methods.check_key(key)
     digest = hashlib.blake2b(path.encode("utf-8"), digest_size=4).digest()
     return jax.random.fold_in(key, int.from_bytes(digest, "little"))
 
@@ -245,30 +249,36 @@ def global_masks(
             scores.append(s)
         keys = None
 
-    units = 0
-    for leaf, mask in zip(leaves, masks):
-        units = units + _methods.count_units(mask, leaf.size)
-    k = _methods._as_k(count_to_prune(amount, units))
+    k = _methods._as_k(prune_count(amount, _total_units(leaves, masks)))
     if scores is None:  # random: each leaf's source is its key, its values uint32 draws
         ranking, sources = Ranking(draws=True), list(keys)
     else:
-        ranking = Ranking(absolute=True, dtype=np.dtype(jnp.result_type(*[s.dtype for s in scores])))
+        ranking = Ranking(absolute=True, dtype=magnitude_dtype([s.dtype for s in scores]))
         sources = scores
-    total = _passes(leaves, ranking) + 1
-    if any(_methods.is_traced(x) for x in [*leaves, *(m for m in masks if m is not None), *sources, k]):
+    total = _passes(leaves, ranking, sources[0].dtype if scores is not None else np.uint32) + 1
+    if any(_methods.is_traced(x) for x in [*leaves, *(m for m in masks if m is not None), *sources, *k]):
         # Inside the caller's jit: one traced selection.
         return _global_keep(sources, leaves, masks, k, ranking=ranking, progress=progress, total=total)
     # Concrete arrays: leaf by leaf, one small compiled kernel per leaf shape.
     on_pass = None if progress is None else functools.partial(_pass_done, progress, total)
-    out = select_lowest_by_leaf(sources, leaves, masks, int(k), ranking=ranking, on_pass=on_pass)
+    out = select_lowest_by_leaf(sources, leaves, masks, count_int(k), ranking=ranking, on_pass=on_pass)
     if progress is not None:
         out = jax.block_until_ready(out)
         progress(total, total)
     return out
 
 
-def _passes(leaves: Sequence[Array], ranking: Ranking) -> int:
-    dtype = np.uint32 if ranking.draws else key_dtype(ranking.dtype)
+def _total_units(leaves: Sequence[Array], masks: Sequence[Array | None]) -> int | Count:
+    """The candidates of a global group: a Python int, or a two-word Count when
+    a mask is traced (exact beyond 2**31 either way)."""
+    counts = [_methods.count_units(mask, leaf.size) for leaf, mask in zip(leaves, masks)]
+    if all(isinstance(n, int) for n in counts):
+        return sum(counts)
+    return functools.reduce(count_add, [as_count(n) for n in counts])
+
+
+def _passes(leaves: Sequence[Array], ranking: Ranking, dtype: np.dtype) -> int:
+    dtype = np.uint32 if ranking.draws else key_dtype(ranking.dtype or dtype)
     return radix_passes([leaf.size for leaf in leaves], dtype)
 
 

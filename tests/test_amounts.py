@@ -14,9 +14,15 @@ from jaxprune._amounts import (
     _float_parts_host,
     _to_limbs_host,
     check_amount,
+    count_int,
     count_to_prune,
     round_scaled,
 )
+
+
+def _ints(count) -> np.ndarray:
+    """A (batched) Count as Python ints."""
+    return np.array([(int(h) << 32) | int(lo) for h, lo in zip(np.ravel(count.hi), np.ravel(count.lo))], object)
 
 
 @pytest.mark.parametrize(
@@ -44,7 +50,7 @@ def test_numpy_and_fraction_amounts():
 def _device_k(amount: float, units: int) -> int:
     mantissa, shift = _float_parts_host(amount)
     limbs = jnp.asarray(_to_limbs_host(mantissa), jnp.uint32)
-    return int(round_scaled(limbs, jnp.int32(shift), jnp.int32(units)))
+    return count_int(round_scaled(limbs, jnp.int32(shift), jnp.int32(units)))
 
 
 def _random_cases(n: int, seed: int) -> list[tuple[float, int]]:
@@ -63,7 +69,7 @@ def test_device_rule_equals_python_round_for_python_floats():
     limbs = jnp.asarray([_to_limbs_host(_float_parts_host(a)[0]) for a, _ in cases], jnp.uint32)
     shifts = jnp.asarray([_float_parts_host(a)[1] for a, _ in cases], jnp.int32)
     units = jnp.asarray([n for _, n in cases], jnp.int32)
-    got = np.asarray(jax.jit(jax.vmap(round_scaled))(limbs, shifts, units))
+    got = _ints(jax.jit(jax.vmap(round_scaled))(limbs, shifts, units))
     expected = np.array([round(a * n) for a, n in cases])
     np.testing.assert_array_equal(got, expected)
 
@@ -79,7 +85,7 @@ def test_device_rule_for_traced_float32_amounts():
     amounts = np.array([a for a, _ in cases], np.float32)
     units = np.array([n for _, n in cases], np.int32)
     rule = jax.jit(jax.vmap(lambda a, n: round_scaled(*_float_parts_device(a), n)))
-    got = np.asarray(rule(jnp.asarray(amounts), jnp.asarray(units)))
+    got = _ints(rule(jnp.asarray(amounts), jnp.asarray(units)))
     expected = np.array([round(float(a) * int(n)) for a, n in zip(amounts, units)])
     np.testing.assert_array_equal(got, expected)
 
@@ -100,8 +106,10 @@ def test_traced_default_mask_gives_the_eager_count():
 @pytest.mark.parametrize(
     ("amount", "pruned"),
     [(jnp.float32(-0.5), 0), (jnp.float32(np.nan), 0), (jnp.float32(1.5), 10), (jnp.float32(np.inf), 10),
-     (jnp.int32(-3), 0), (jnp.int32(11), 10), (jnp.int32(4), 4), (jnp.float32(0.25), 2), (jnp.float32(0.35), 3)],
-    ids=["neg-fraction", "nan", "fraction>1", "inf", "neg-count", "count>units", "count", "fraction", "float32-value"],
+     (jnp.int32(-3), 0), (jnp.int32(11), 10), (jnp.int32(4), 4), (jnp.float32(0.25), 2), (jnp.float32(0.35), 3),
+     (jnp.uint32(2**31), 10), (jnp.uint32(2**32 - 1), 10), (jnp.uint8(255), 10)],
+    ids=["neg-fraction", "nan", "fraction>1", "inf", "neg-count", "count>units", "count", "fraction", "float32-value",
+         "uint32-2**31", "uint32-max", "uint8-max"],
 )
 def test_traced_out_of_range_amounts_are_clamped(amount, pruned):
     # float32(0.35) is 0.3499999940..., so 3.4999999 rounds to 3 (Python's 0.35 gives 4).

@@ -76,6 +76,9 @@ BAD_AMOUNTS = [
     pytest.param(np.array([0.5, 0.5]), TypeError, re.escape("[0.5, 0.5]"), id="numpy-vector"),
     pytest.param(jnp.array([0.5, 0.5]), TypeError, re.escape("(2,)"), id="jax-vector"),
     pytest.param([0.5], TypeError, re.escape("[0.5]"), id="list"),
+    # NumPy counts timedelta64 as an integer type; it was taken as a count of 3.
+    pytest.param(np.timedelta64(3), TypeError, "timedelta64", id="timedelta64"),
+    pytest.param(np.array(np.timedelta64(3)), TypeError, "timedelta64", id="timedelta64-array"),
 ]
 
 
@@ -119,6 +122,17 @@ def test_count_above_units(call):
     with pytest.raises(ValueError, match=value(str(units + 100))):
         fn(units + 100)
     assert all_pruned(fn(units))
+
+
+@pytest.mark.parametrize("call", list(COUNT_CALLS), ids=list(COUNT_CALLS))
+def test_concrete_array_count_above_units(call):
+    """A concrete integer array raises as the Python int does (before: it was
+    clamped and pruned everything; an unsigned 2**32 - 1 wrapped and pruned nothing)."""
+    fn, units = COUNT_CALLS[call]
+    for amount in (jnp.array(100), np.array(100), jnp.array(2**32 - 1, jnp.uint32), jnp.array(units + 1, jnp.uint8)):
+        with pytest.raises(ValueError, match=rf"{value(str(int(amount)))}.*{value(str(units))}"):
+            fn(amount)
+    assert all_pruned(fn(jnp.array(units, jnp.uint32)))
 
 
 ONE_LEFT = jnp.zeros((2, 4), bool).at[0, 0].set(True)  # 1 entry, 1 column (dim 1) left
@@ -588,3 +602,100 @@ def test_other_bad_inputs_raise_at_trace_time(fn, error):
     assert isinstance(eager, error)
     traced = _error_of(jax.jit(fn).lower, T24)
     assert type(traced) is type(eager) and str(traced) == str(eager)
+
+
+# --------------------------------------------------------------------------
+# Values that were ranked wrongly
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [jnp.int8, jnp.int16, jnp.int32])
+def test_most_negative_integer_has_the_largest_magnitude(dtype):
+    """|x| of the most negative integer wrapped to itself and ranked smallest."""
+    low = int(jnp.iinfo(dtype).min)
+    t = jnp.array([low, 5, -7, 3], dtype)
+    assert jp.l1_unstructured(t, 3).tolist() == [True, False, False, False]
+    tree = {"a": t, "b": jnp.array([-1, 4], jnp.int8)}
+    assert jax.tree.map(lambda m: m.tolist(), jp.global_unstructured(tree, 4)) == {
+        "a": [True, False, True, False], "b": [False, False]}
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype_name", "shown"),
+    [([2**32 + 1, 5], "int64", "4294967297"), ([-(2**31) - 1, 5], "int64", "-2147483649"),
+     ([2**32, 5], "uint64", "4294967296"), ([1e40, 1e39], "float64", "1e+40")],
+)
+def test_64_bit_values_jax_would_narrow_are_refused(values, dtype_name, shown):
+    """Without x64, jax narrowed them: 2**32 + 1 ranked below 5, 1e40 equalled 1e39."""
+    t = np.array(values, dtype_name)
+    for fn in (lambda x: jp.l1_unstructured(x, 1), lambda x: jp.unstructured_mask(x, 1),
+               lambda x: jp.global_unstructured({"w": x}, 1),
+               lambda x: jp.l1_unstructured(np.ones(2, np.float32), 1, importance_scores=x)):
+        with pytest.raises(TypeError, match=rf"{dtype_name}.*{re.escape(shown)}.*jax_enable_x64"):
+            fn(t)
+
+
+def test_64_bit_values_that_fit_rank_exactly():
+    assert jp.l1_unstructured(np.array([2**31 - 1, -5, 7], np.int64), 1).tolist() == [True, False, True]
+    assert jp.l1_unstructured(np.array([3.0e38, 1.0, np.inf]), 1).tolist() == [True, False, True]
+
+
+def test_mixed_dtype_trees_rank_on_one_exact_scale():
+    """float16 + int8 + bfloat16 + float32 leaves rank on float32's scale (exact for each)."""
+    tree = {"a": jnp.array([7, -128], jnp.int8), "b": jnp.array([1.5, 300.0], jnp.bfloat16),
+            "c": jnp.array([2.0, 65504.0], jnp.float16), "d": jnp.array([2.5], jnp.float32)}
+    masks = jp.global_unstructured(tree, 4)  # |.|: 1.5, 2.0, 2.5, 7 are the lowest
+    assert jax.tree.map(lambda m: m.tolist(), masks) == {
+        "a": [False, True], "b": [False, True], "c": [False, True], "d": [False]}
+    masks = jp.global_unstructured({"a": jnp.array([70000, 3], jnp.int32), "b": jnp.array([-128, 9], jnp.int8)}, 2)
+    assert jax.tree.map(lambda m: m.tolist(), masks) == {"a": [True, False], "b": [True, False]}
+
+
+def test_mixed_dtype_trees_under_strict_promotion():
+    """bfloat16 + float32 raised jax's raw TypePromotionError under strict promotion."""
+    tree = {"b": jnp.array([1.5, 300.0], jnp.bfloat16), "c": jnp.array([2.0], jnp.float32)}
+    with jax.numpy_dtype_promotion("strict"):
+        masks = jp.global_unstructured(tree, 2)
+    assert jax.tree.map(lambda m: m.tolist(), masks) == {"b": [False, True], "c": [False]}
+
+
+def test_mixes_no_dtype_holds_exactly_are_refused():
+    """int32 + float16 ranked 70000 below 100000 reversed (both became inf in float16)."""
+    tree = {"a": jnp.array([70000, 5], jnp.int32), "b": jnp.array([1.5], jnp.float16)}
+    with pytest.raises(TypeError, match="float16, int32.*one dtype.*jax_enable_x64"):
+        jp.global_unstructured(tree, 1)
+    with pytest.raises(TypeError, match="float16, int32"):
+        scores = {"a": jnp.full((2, 4), 70000, jnp.int32), "b": jnp.ones((1, 3), jnp.float16)}
+        jp.global_unstructured(TREE, 1, importance_scores=scores)
+
+
+@pytest.mark.parametrize("shape", [(2, 3.5), (2.0, 3), (2, -3), (True, 3), "ab", 3])
+def test_structured_mask_shape_must_be_ints(shape):
+    """A float extent was truncated (3.5 -> 3) and accepted."""
+    with pytest.raises(TypeError, match="shape must be a tuple of"):
+        jp.structured_mask(jnp.ones(3), shape, 1, dim=1)
+
+
+def test_torch_tensors_that_require_grad_get_a_clear_error():
+    torch = pytest.importorskip("torch")
+    w = torch.ones(2, 4, requires_grad=True)
+    for fn in (lambda: jp.l1_unstructured(w, 1), lambda: jp.global_unstructured({"w": w}, 1),
+               lambda: jp.l1_unstructured(T24, 1, default_mask=w), lambda: jp.l1_unstructured(T24, 1, importance_scores=w)):
+        with pytest.raises(TypeError, match=r"torch\.Tensor .*requires_grad=True.*jaxprune\.interop\.to_jax.*detach"):
+            fn()
+
+
+def test_leaf_key_checks_its_arguments():
+    with pytest.raises(TypeError, match="path must be a str.*int: 3"):
+        jp.leaf_key(KEY, 3)
+    with pytest.raises(TypeError, match="key must be a PRNG key.*'abc'"):
+        jp.leaf_key("abc", "a.kernel")
+
+
+def test_traced_dim_says_to_mark_it_static():
+    with pytest.raises(TypeError, match=r"dim must be a static Python int.*static_argnames=\('dim', 'n'\)"):
+        jax.jit(lambda t, d: jp.ln_structured(t, 1, 2, d))(T24, 1)
+    with pytest.raises(TypeError, match="static_argnames"):
+        jax.jit(lambda t, d: jp.random_structured(KEY, t, 1, d))(T24, 1)
+    got = jax.jit(lambda t, d: jp.ln_structured(t, 1, 2, d), static_argnames="d")(T24, 1)
+    assert got.tolist() == jp.ln_structured(T24, 1, 2, 1).tolist()

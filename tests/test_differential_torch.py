@@ -607,13 +607,11 @@ def test_global_unstructured_random_count_equals_torch():
 
 
 @pytest.mark.parametrize("sort_max", [0, 1 << 40], ids=["radix", "sort"])
-def test_both_selection_paths_equal_torch(monkeypatch, sort_max):
+def test_both_selection_paths_equal_torch(sort_max):
     """Small inputs forced through the radix path (and big ones through the sort path)."""
     rng = np.random.default_rng(31)
-    jax.clear_caches()
-    monkeypatch.setattr(_selection, "SORT_MAX", sort_max)
-    monkeypatch.setattr(_selection, "CHUNK", 1024)  # several histogram chunks on (70, 80)
-    try:
+    # chunk=1024: several histogram chunks on (70, 80)
+    with _selection.forced(sort_max=sort_max, chunk=1024):
         for shape in [(9, 11), (70, 80)]:
             t = distinct_values(shape, rng)
             dm = unstructured_default_mask(shape, rng)
@@ -628,5 +626,3 @@ def test_both_selection_paths_equal_torch(monkeypatch, sort_max):
                 expected = torch_mask(prune.LnStructured(0.4, 2, dim=1), tn, mask)
                 got = jp.ln_structured(jnp.asarray(tn), 0.4, 2, 1, default_mask=jp_dm(mask))
                 np.testing.assert_array_equal(np.asarray(got), expected, err_msg=f"ln {shape}")
-    finally:
-        jax.clear_caches()

@@ -12,6 +12,7 @@ bounded number of times; the data inside each example is random.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import re
@@ -25,7 +26,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import jaxprune as jp
-from jaxprune import _amounts, _methods, _selection, _trees
+from jaxprune import _amounts, _selection
 
 FAST = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FEW = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -812,21 +813,14 @@ def test_chex_assert_max_traces_across_amounts():
         assert n_pruned_slices(masks[1], 0) == round(float(np.float32(a)) * 5)
 
 
-EAGER_KERNELS = {
-    "l1": _methods._keep_lowest_entries,
-    "unstructured_mask": _methods._keep_lowest_entries,
-    "random_unstructured": _methods._keep_lowest_random,
-    "ln": _methods._keep_lowest_slices,
-    "random_structured": _methods._keep_lowest_slices,
-    "global": _trees._global_keep,
-}
+EAGER_METHODS = ("l1", "unstructured_mask", "random_unstructured", "ln", "random_structured", "global")
 
 
 @pytest.mark.parametrize("with_dm", [False, True], ids=["nodm", "dm"])
-@pytest.mark.parametrize("method", list(EAGER_KERNELS))
+@pytest.mark.parametrize("method", EAGER_METHODS)
 def test_eager_calls_do_not_recompile_across_amounts(method, with_dm):
-    """Eager calls with new Python amounts (or new default-mask values) reuse the compiled kernel."""
-    kernel, call = EAGER_KERNELS[method], _method_calls()[method]
+    """Eager calls with new Python amounts (or new default-mask values) trace nothing new."""
+    call = _method_calls()[method]
     t = jnp.asarray(tie_heavy((6, 33), np.random.default_rng(0)))
     masks = [random_mask((6, 33), np.random.default_rng(i), 0.2) for i in range(3)]
     for m in masks:
@@ -836,13 +830,39 @@ def test_eager_calls_do_not_recompile_across_amounts(method, with_dm):
         return call(t, a, jnp.asarray(masks[i % 3]) if with_dm else None)
 
     jax.block_until_ready(run(0.3, 0))  # warm up this shape
-    before = kernel._cache_size()
-    for i, a in enumerate(FLOAT_AMOUNTS + [0.123, 0.999]):
-        jax.block_until_ready(run(a, i))
-    assert kernel._cache_size() == before, "different float amounts recompiled the kernel"
-    for i, a in enumerate([0, 1, 3, 6]):
-        jax.block_until_ready(run(a, i))
-    assert kernel._cache_size() == before, "int amounts (after float ones) recompiled the kernel"
+    with counting_traces() as traces:
+        for i, a in enumerate(FLOAT_AMOUNTS + [0.123, 0.999]):
+            jax.block_until_ready(run(a, i))
+    assert traces == [], "different float amounts retraced the kernel"
+    with counting_traces() as traces:
+        for i, a in enumerate([0, 1, 3, 6]):
+            jax.block_until_ready(run(a, i))
+    assert traces == [], "int amounts (after float ones) retraced the kernel"
+    # Guard: the counter sees a retrace (a new shape).
+    with counting_traces() as traces:
+        jax.block_until_ready(kernel_call_with_new_shape(call, with_dm))
+    assert traces, "the trace counter saw nothing"
+
+
+def kernel_call_with_new_shape(call, with_dm):
+    t = jnp.ones((5, 7))
+    return call(t, 0.5, jnp.ones((5, 7), bool) if with_dm else None)
+
+
+@contextlib.contextmanager
+def counting_traces():
+    """Collects one entry per jaxpr traced in the block (jax's public monitoring events)."""
+    traces = []
+
+    def listen(event, duration_secs, **kwargs):
+        if event == "/jax/core/compile/jaxpr_trace_duration":
+            traces.append(kwargs.get("fun_name", event))
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield traces
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
 
 
 # --------------------------------------------------------------------------
@@ -850,20 +870,17 @@ def test_eager_calls_do_not_recompile_across_amounts(method, with_dm):
 # --------------------------------------------------------------------------
 
 PATHS = {
-    "sort": dict(SORT_MAX=1 << 40),
-    "radix": dict(SORT_MAX=0),
-    "radix-small-chunks": dict(SORT_MAX=0, CHUNK=64, ROW_MAX=8),
+    "sort": dict(sort_max=1 << 40),
+    "radix": dict(sort_max=0),
+    "radix-small-chunks": dict(sort_max=0, chunk=64, row_max=8),
 }
 
 
 @pytest.fixture(params=list(PATHS))
-def selection_path(request, monkeypatch):
-    """Force one selection path (and small chunks/rows), with clean jax caches around it."""
-    jax.clear_caches()
-    for name, value in PATHS[request.param].items():
-        monkeypatch.setattr(_selection, name, value)
-    yield request.param
-    jax.clear_caches()
+def selection_path(request):
+    """Force one selection path (and small chunks/rows); jit caches are keyed on it."""
+    with _selection.forced(**PATHS[request.param]):
+        yield request.param
 
 
 def first_k(shape, k) -> np.ndarray:
@@ -1010,20 +1027,15 @@ AGREE_KINDS = {"entries": "count", "entries_nodm": "fraction", "l1": "fraction",
 
 @pytest.fixture(scope="module")
 def compiled_paths():
-    """{path: {fn name: compiled executable}}, each lowered under its own SORT_MAX."""
+    """{path: {fn name: compiled executable}}, each lowered under its own settings."""
     out = {}
     for path in AGREE_PATHS:
-        overrides = PATHS[path]
-        with pytest.MonkeyPatch.context() as mp:
-            for attr, value in overrides.items():
-                mp.setattr(_selection, attr, value)
-            jax.clear_caches()
+        with _selection.forced(**PATHS[path]):
             fns = {}
             for name, fn in _agree_fns().items():
                 amount = jnp.float32(0.0) if AGREE_KINDS[name] == "fraction" else jnp.int32(0)
                 fns[name] = jax.jit(fn).lower(*_agree_args(name, amount)).compile()
             out[path] = fns
-        jax.clear_caches()
     return out
 
 

@@ -23,22 +23,21 @@ def reference(scores: list[np.ndarray], cands: list[np.ndarray | None], k: int) 
     return out
 
 
-@pytest.fixture(params=["sort", "radix", "radix-small-chunks", "in-place", "in-place-small-rows"])
-def path(request, monkeypatch):
+PATH_SETTINGS = {
+    "sort": dict(sort_max=10**9, keep_shapes=False),
+    "radix": dict(sort_max=0, keep_shapes=False),
+    "radix-small-chunks": dict(sort_max=0, keep_shapes=False, chunk=37, row_max=7),
+    "in-place": dict(sort_max=0, keep_shapes=True),
+    "in-place-small-rows": dict(sort_max=0, keep_shapes=True, row_max=7),
+}
+
+
+@pytest.fixture(params=list(PATH_SETTINGS))
+def path(request):
     """Each selection path: the stable sort, the chunked radix select (one
     device), and the shape-keeping radix select (several devices)."""
-    if request.param == "sort":
-        monkeypatch.setattr(_selection, "SORT_MAX", 10**9)
-    else:
-        monkeypatch.setattr(_selection, "SORT_MAX", 0)
-    monkeypatch.setattr(_selection, "KEEP_SHAPES", request.param.startswith("in-place"))
-    if request.param.endswith("small-chunks"):
-        monkeypatch.setattr(_selection, "CHUNK", 37)
-    if request.param.endswith("small-chunks") or request.param.endswith("small-rows"):
-        monkeypatch.setattr(_selection, "ROW_MAX", 7)
-    jax.clear_caches()
-    yield request.param
-    jax.clear_caches()
+    with _selection.forced(**PATH_SETTINGS[request.param]):
+        yield request.param
 
 
 @jax.jit
@@ -92,7 +91,7 @@ def test_integer_and_unsigned_scores(path):
 
 def test_large_random_input_exact_count():
     rng = np.random.default_rng(2)
-    x = rng.standard_normal(3 * _selection.CHUNK // 2).astype(np.float32)
+    x = rng.standard_normal(3 * _selection.settings().chunk // 2).astype(np.float32)
     x[::1000] = 0.25  # a big tie group straddling chunks
     for k in (1, 12345, x.size // 2):
         (got,) = run([np.abs(x)], [None], k)

@@ -67,15 +67,9 @@ def references() -> dict[str, list[np.ndarray]]:
     them (the chunked selection path, unsharded arrays)."""
     assert jax.device_count() == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
     w, tied = _weights()
-    _selection.KEEP_SHAPES = False
-    jax.clear_caches()
-    try:
-        refs = {name: [np.asarray(m) for m in jax.tree.leaves(f(jnp.asarray(w), jnp.asarray(tied)))]
+    with _selection.forced(keep_shapes=False):
+        return {name: [np.asarray(m) for m in jax.tree.leaves(f(jnp.asarray(w), jnp.asarray(tied)))]
                 for name, f in _methods().items()}
-    finally:
-        _selection.KEEP_SHAPES = None
-        jax.clear_caches()
-    return refs
 
 
 def _collectives(hlo: str) -> list[tuple[str, int]]:

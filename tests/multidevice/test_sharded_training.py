@@ -69,15 +69,10 @@ def _train(params, place, batch_sharding):
 
 @pytest.fixture(scope="module")
 def one_device():
-    _selection.KEEP_SHAPES = False
-    jax.clear_caches()
-    try:
+    with _selection.forced(keep_shapes=False):
         dev = jax.devices()[0]
         history, _ = _train(_init(), lambda p: jax.device_put(p, dev), dev)
         return [jax.tree.map(np.asarray, h) for h in history]
-    finally:
-        _selection.KEEP_SHAPES = None
-        jax.clear_caches()
 
 
 @pytest.mark.parametrize("mesh_shape", [(4, 2), (2, 4), (8, 1)], ids=lambda s: f"{s[0]}x{s[1]}")
