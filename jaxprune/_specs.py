@@ -134,9 +134,13 @@ class PruningMethod(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} prunes each leaf alone")
 
 
+def count_dtype() -> jnp.dtype:
+    """The integer type of traced unit counts: int64 with x64, else int32."""
+    return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.int64))
+
+
 def _count_false(mask: Array) -> Array:
-    dtype = jnp.int64 if jax.config.jax_enable_x64 else jnp.int32
-    return mask.size - jnp.sum(mask, dtype=dtype)
+    return mask.size - jnp.sum(mask, dtype=count_dtype())
 
 
 class _Entries(PruningMethod):
@@ -164,8 +168,7 @@ class _Slices(PruningMethod):
     def pruned_units(self, mask: Array) -> Array:
         dim = _methods.check_dim(mask.shape, self.dim)
         alive = _methods.alive_slices(mask, dim)
-        dtype = jnp.int64 if jax.config.jax_enable_x64 else jnp.int32
-        return mask.shape[dim] - jnp.sum(alive, dtype=dtype)
+        return mask.shape[dim] - jnp.sum(alive, dtype=count_dtype())
 
     def check_leaf(self, shape: tuple[int, ...]) -> None:
         _methods.check_dim(shape, self.dim)
@@ -256,7 +259,7 @@ class RandomUnstructured(_Entries):
         check_amount(self.amount)
 
     def compute_mask(self, key: PRNGKey | None, t: ArrayLike, default_mask: ArrayLike | None = None) -> Array:
-        return _methods.random_unstructured(key, t, self.amount, default_mask=default_mask)
+        return _methods.random_unstructured(key, t, self.amount, default_mask=default_mask)  # type: ignore[arg-type]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,7 +295,8 @@ class RandomStructured(_Slices):
         self._check_dim_type()
 
     def compute_mask(self, key: PRNGKey | None, t: ArrayLike, default_mask: ArrayLike | None = None) -> Array:
-        return _methods.random_structured(key, t, self.amount, self.dim, default_mask=default_mask)
+        return _methods.random_structured(key, t, self.amount, self.dim,  # type: ignore[arg-type]
+                                          default_mask=default_mask)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,7 +37,7 @@ from ._amounts import CheckedAmount, count_to_prune
 from ._plan import Plan, check_key_for, compute_masks, extra_leaves, named_leaves, plan
 from ._rules import Rules
 from ._schedules import Schedule
-from ._specs import PruningMethod
+from ._specs import PruningMethod, count_dtype
 from ._trees import apply_masks
 from ._typing import Array, ArrayLike, PRNGKey, PyTree
 
@@ -220,6 +220,10 @@ def _new_count(method: PruningMethod, masks: Sequence[Array], target: Array) -> 
         return None
     units = sum(method.units(tuple(m.shape)) for m in masks)
     already = sum(method.pruned_units(m) for m in masks)
-    dtype = jnp.int64 if jax.config.jax_enable_x64 else jnp.int32
+    dtype = count_dtype()
+    if units > jnp.iinfo(dtype).max:
+        raise ValueError(f"{method!r} prunes {units} units in one group: counts beyond 2**31 inside a training "
+                         "step need x64 (jax.config.update('jax_enable_x64', True)); jp.prune_tree and "
+                         "jp.global_unstructured count them exactly without it")
     total = count_to_prune(CheckedAmount(target, is_count=False), jnp.asarray(units, dtype))
     return jnp.maximum(total - already, 0).astype(dtype)
