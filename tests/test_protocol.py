@@ -322,3 +322,15 @@ def test_nnx_optimizer_masks_work_with_report_and_apply_masks():
     assert (report.pruned, report.size) == (6, 15)
     masked = jp.apply_masks(nnx.state(model, nnx.Param), masks)
     assert int((masked["kernel"][...] == 0).sum()) == 6
+
+
+def test_pruning_without_optax_names_the_extra():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['optax'] = None\n"
+            "import jaxprune as jp\n"
+            "try:\n    jp.pruning(None, {}, jp.one_shot_schedule(0.5, 0))\n"
+            "except ImportError as err:\n    print(err)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "pip install 'jaxprune[optax]'" in out
