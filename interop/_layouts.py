@@ -56,7 +56,7 @@ class Placement:
         return jnp.transpose(x, self.perm) if self.perm else x
 
     def to_torch_layout(self, x: Any) -> Any:
-        return jnp.transpose(x, np.argsort(self.perm)) if self.perm else x
+        return jnp.transpose(x, tuple(int(i) for i in np.argsort(self.perm))) if self.perm else x
 
     def flax_axis(self, torch_dim: int, ndim: int) -> int:
         """The Flax axis holding torch's ``dim`` (e.g. Conv2d dim=0, the filters -> axis 3)."""

@@ -65,7 +65,9 @@ def _current(sub: torch.nn.Module, name: str) -> tuple[torch.Tensor, torch.Tenso
     """(the tensor torch would rank now, the current mask or None)."""
     if name in _pruned_names(sub):
         return getattr(sub, name), getattr(sub, name + "_mask")
-    return sub._parameters[name], None
+    param = sub._parameters[name]
+    assert param is not None  # prunable_parameters lists only set parameters
+    return param, None
 
 
 def plan_module(module: torch.nn.Module, rules: Rules, *, factory_amount: Any = None) -> Plan:

@@ -80,7 +80,7 @@ def to_jax(tensor: torch.Tensor, *, copy: bool = False) -> jax.Array:
         t = t.resolve_conj()
     if t.device.type != "cpu":
         _check_backend(t)
-    if name in _WIDE_DTYPES and not jax.config.jax_enable_x64:
+    if name in _WIDE_DTYPES and jax.dtypes.canonicalize_dtype(jnp.int64) != jnp.int64:  # x64 off
         return jnp.asarray(_from_dlpack(t), _WIDE_DTYPES[name])  # jax narrows these anyway; say so explicitly
     array = _from_dlpack(t)
     if copy and _shares_memory(array, t):

@@ -248,7 +248,7 @@ def compute_masks(
     masks: list[Any] = [None] * len(leaves)
     for a in p.singles:
         method = _with_amount(a.method, amount, [default_masks[a.index]])
-        target = leaves[a.index] if scores[a.index] is None else scores[a.index]
+        target: Any = leaves[a.index] if scores[a.index] is None else scores[a.index]
         rng = None if key is None else leaf_key(key, a.key_name)
         kwargs = {name: _extra_for(extra, name, a) for name in method.extra_args}
         masks[a.index] = method.compute_mask(rng, target, default_masks[a.index], **kwargs)

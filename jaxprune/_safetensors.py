@@ -104,7 +104,7 @@ def encode(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None
                                    f"(it holds {', '.join(DTYPES)})")
         if a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))
-        raw = memoryview(a.reshape(-1).view(np.uint8))
+        raw = memoryview(a.reshape(-1).view(np.uint8))  # pyright: ignore[reportArgumentType] - ndarray is a buffer
         header[name] = {"dtype": kind, "shape": list(a.shape), "data_offsets": [offset, offset + len(raw)]}
         offset += len(raw)
         chunks.append(raw)

@@ -19,8 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-import numpy as np
-
 T = TypeVar("T")
 ORIG, MASK = "_orig", "_mask"
 
@@ -45,9 +43,8 @@ def split_pairs(tensors: Mapping[str, T]) -> tuple[dict[str, T], dict[str, T]]:
         if key.endswith(ORIG) and key[: -len(ORIG)] + MASK in tensors:
             name = key[: -len(ORIG)]
             mask = tensors[name + MASK]
-            if tuple(np.shape(mask)) != tuple(np.shape(value)):  # np.shape reads .shape: torch tensors too
-                raise ValueError(f"{name + MASK!r} has shape {tuple(np.shape(mask))}, "
-                                 f"but {key!r} has {tuple(np.shape(value))}")
+            if _shape(mask) != _shape(value):
+                raise ValueError(f"{name + MASK!r} has shape {_shape(mask)}, but {key!r} has {_shape(value)}")
             if name in tensors:
                 raise ValueError(f"the state_dict has both {name!r} and the pair {key!r}/{name + MASK!r}")
             weights[name] = value
@@ -75,3 +72,8 @@ def join_pairs(weights: Mapping[str, T], masks: Mapping[str, Any],
         else:
             out[name] = weight
     return out
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    """The shape of a NumPy array, jax array or torch tensor (all have ``.shape``)."""
+    return tuple(x.shape)

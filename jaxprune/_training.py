@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -72,7 +72,7 @@ def _as_schedule(schedule: Any) -> Schedule:
     if isinstance(schedule, Schedule):
         return schedule
     if callable(schedule):
-        return _CallableSchedule(schedule)
+        return _CallableSchedule(cast(Callable[[Array], ArrayLike], schedule))
     raise TypeError(f"schedule must be a jaxprune schedule (e.g. jp.polynomial_schedule(...)) or a callable "
                     f"step -> sparsity (an optax schedule), got {schedule!r}")
 

@@ -96,7 +96,7 @@ def load_data(split_seed: int = 0) -> Digits:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    digits = load_digits()
+    digits: Any = load_digits()  # a sklearn Bunch
     images = (digits.images / 16.0).astype(np.float32)[..., None]  # (1797, 8, 8, 1)
     labels = digits.target.astype(np.int32)
     x_train, x_test, y_train, y_test = train_test_split(
@@ -209,7 +209,7 @@ def train_dense(seed: int, steps: int, data: Digits) -> float:
 
     graphdef, params = init_model(seed)
     tx = optax.adam(LEARNING_RATE)
-    opt_state = tx.init(params)
+    opt_state: Any = tx.init(params)  # a jp.PruningState
     step = make_train_step(graphdef, tx, data)
     for idx in batch_indices(seed, data.x_train.shape[0], steps):
         params, opt_state, _ = step(params, opt_state, idx)
@@ -243,7 +243,7 @@ def train_pruned(seed: int, steps: int, data: Digits) -> PrunedRun:
     graphdef, params = init_model(seed)
     schedule = make_schedule(steps)
     tx = jp.pruning(optax.adam(LEARNING_RATE), RULES, schedule, key=jax.random.key(seed))
-    opt_state = tx.init(params)
+    opt_state: Any = tx.init(params)  # a jp.PruningState
     traces = 0
 
     def count_trace() -> None:
@@ -275,10 +275,10 @@ def check_zeros(params: Params, masks: Any) -> int:
         nonlocal pruned
         if mask is None:
             return
-        mask, param = np.asarray(mask), np.asarray(param)
-        assert mask.shape == param.shape and mask.dtype == bool
-        assert np.all(param[~mask] == 0.0), "a pruned weight is not exactly 0"
-        pruned += int((~mask).sum())
+        keep, value = np.asarray(mask), np.asarray(param)
+        assert keep.shape == value.shape and keep.dtype == bool
+        assert np.all(value[~keep] == 0.0), "a pruned weight is not exactly 0"
+        pruned += int((~keep).sum())
 
     jax.tree.map(check, masks, params, is_leaf=lambda x: x is None)
     return pruned

@@ -7,7 +7,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +20,7 @@ from .._files import atomic_outputs
 from .._plan import match_patterns
 from ._checkpoints import Checkpoint, checkpoint_writer, file_format, read_checkpoint, torch_module
 from ._errors import CliError
-from ._spec import Rule, parse_amount, parse_rule
+from ._spec import Pattern, Rule, parse_amount, parse_rule
 from ._text import Progress, escape, first_line, fmt_shape, natural_key, print_table
 
 MAX_SEED = 2**32 - 1  # jax.random.key(seed) is the same with and without x64 in [0, 2**32)
@@ -79,7 +79,7 @@ def parse_request(args: argparse.Namespace) -> Request:
         if rule.pattern in [r.pattern for r in rules]:
             raise CliError(f"--rule pattern {rule.pattern.text!r} is given twice")
         rules.append(rule)
-    global_method = None if global_amount is None else _global_method(rules, args.global_amount)
+    global_method = None if global_amount is None else _global_method(rules, str(args.global_amount))
     random = [r for r in rules if r.spec.method.random]
     if args.seed is None and random:
         raise CliError(f"--seed N is needed: --rule {random[0].text!r} is random (masks are drawn from "
@@ -145,8 +145,10 @@ def plan(weights: Weights, request: Request) -> dict[str, Rule]:
     """``{name: rule}`` for the tensors a rule (not ``skip``) prunes, through the one shared matcher."""
     names = sorted(weights.dense, key=natural_key)
     try:
-        matches = match_patterns(names, {r.pattern: r for r in request.rules},
-                                 eligible=lambda i, pattern: pattern.admits(weights.dense[names[i]].ndim))
+        matches = match_patterns(
+            names, {r.pattern: r for r in request.rules},
+            eligible=lambda i, pattern: cast(Pattern, pattern).admits(weights.dense[names[i]].ndim),
+        )
     except (ValueError, TypeError) as err:
         raise CliError(f"--rule: {err}") from None
     chosen = {names[i]: rule for i, _, rule in matches if rule.spec.method.name != "skip"}
@@ -201,6 +203,7 @@ def _prune_one(key: jax.Array | None, weights: Weights, name: str, rule: Rule) -
 
 
 def _prune_group(key: jax.Array | None, weights: Weights, group: list[str], request: Request) -> dict[str, np.ndarray]:
+    assert request.global_amount is not None and request.global_method is not None  # a --global request
     rule = jp.GlobalUnstructured(request.global_amount, method=request.global_method)
     params = {name: jnp.asarray(weights.effective(name)) for name in group}
     try:
