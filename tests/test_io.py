@@ -18,6 +18,7 @@ import optax
 import pytest
 
 import jaxprune as jp
+from helpers import assert_trees_identical, is_none
 from jaxprune import _safetensors
 
 KEY = jax.random.key(0)
@@ -32,10 +33,6 @@ Y = jax.random.normal(jax.random.key(101), (16, 10))
 
 
 
-def is_none(x):
-    return x is None
-
-
 def normal(seed, shape, scale=0.5):
     return scale * jax.random.normal(jax.random.key(seed), shape)
 
@@ -48,19 +45,6 @@ def make_params(seed=0):
 def loss_fn(params):
     h = jax.nn.relu(X @ params["a"]["kernel"] + params["a"]["bias"][None, :])
     return jnp.mean((h @ params["c"]["kernel"] + params["c"]["bias"][None, :] - Y) ** 2)
-
-
-def assert_trees_identical(a, b):
-    """Same structure (None positions included), dtypes, shapes and bits."""
-    assert jax.tree.structure(a, is_leaf=is_none) == jax.tree.structure(b, is_leaf=is_none)
-    for x, y in zip(jax.tree.leaves(a, is_leaf=is_none), jax.tree.leaves(b, is_leaf=is_none)):
-        if x is None or y is None:
-            assert x is None and y is None
-            continue
-        x, y = np.asarray(x), np.asarray(y)
-        assert x.dtype == y.dtype and x.shape == y.shape
-        # compare bits (so -0.0 != 0.0 and NaN payloads count)
-        np.testing.assert_array_equal(x.reshape(-1).view(np.uint8), y.reshape(-1).view(np.uint8))
 
 
 class MLP(nnx.Module):

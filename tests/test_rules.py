@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import jaxprune as jp
+from helpers import is_none, n_pruned
 
 KEY = jax.random.key(0)
 
@@ -23,14 +24,6 @@ def dense_params(names=("dense_0", "dense_2"), seed=0):
     """A dict of dense layers {name: {"kernel": (6, 5), "bias": (5,)}}."""
     return {name: {"kernel": normal(seed * 100 + i, (6, 5)), "bias": normal(seed * 100 + 50 + i, (5,))}
             for i, name in enumerate(names)}
-
-
-def is_none(x):
-    return x is None
-
-
-def n_pruned(mask):
-    return int(np.size(mask) - np.count_nonzero(np.asarray(mask)))
 
 
 def paths_of(tree):

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import jaxprune as jp
+from helpers import n_pruned
 
 KEY = jax.random.key(0)
 
@@ -41,10 +42,6 @@ MOD_SHAPES = {
     "conv3d.weight": (2, 2, 2, 2, 2),
     "conv3d.bias": (2,),
 }
-
-
-def n_pruned(mask) -> int:
-    return int(np.count_nonzero(~np.asarray(mask)))
 
 
 def as_bool(torch_mask) -> np.ndarray:
