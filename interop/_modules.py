@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxprune as jp
-from jaxprune._plan import Plan, check_key_for, compute_masks, plan
+from jaxprune._plan import Plan, check_key, check_key_for, compute_masks, plan
 from jaxprune._state_dicts import join_pairs, kept, split_pairs
 
 from ._tensors import _torch, to_jax, to_torch
@@ -102,7 +102,7 @@ def compute_module_masks(
     params = prunable_parameters(module)
     p = plan_module(module, rules)
     if key is not None:
-        key = jp._methods.check_key(key)
+        key = check_key(key)
     check_key_for(p, key)
     importance_scores = dict(importance_scores or {})
     unknown = set(importance_scores) - {a.path for a in p.assignments}

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from ._errors import KeyRequiredError
-from ._specs import PruningMethod
+from ._methods import check_key as check_key  # shared with the bridge and the CLI
+from ._specs import Group, PruningMethod
 from ._trees import _align, _leaves_with_paths, leaf_key
 from ._typing import PyTree
 
@@ -254,13 +255,12 @@ def compute_masks(
         masks[a.index] = method.compute_mask(rng, target, default_masks[a.index], **kwargs)
     for members in p.groups:
         method = _with_amount(members[0].method, amount, [default_masks[a.index] for a in members])
-        out = method.group_masks(
-            key,
+        out = method.group_masks(key, Group(
             [a.path for a in members],
             [leaves[a.index] for a in members],
             [scores[a.index] for a in members],
             [default_masks[a.index] for a in members],
-        )
+        ))
         for a, mask in zip(members, out):
             masks[a.index] = mask
     return masks

@@ -122,16 +122,20 @@ class PruningMethod(abc.ABC):
         are ranked together by :meth:`group_masks`); None = pruned alone."""
         return None
 
-    def group_masks(
-        self,
-        key: PRNGKey | None,
-        paths: Sequence[str],
-        leaves: Sequence[ArrayLike],
-        scores: Sequence[ArrayLike | None],
-        default_masks: Sequence[ArrayLike | None],
-    ) -> list[Array]:
+    def group_masks(self, key: PRNGKey | None, group: Group) -> list[Array]:
         """The masks of one group's leaves, ranked together."""
         raise NotImplementedError(f"{type(self).__name__} prunes each leaf alone")
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """The leaves of one group, in ranking order: their paths, the leaves,
+    the scores to rank instead (None = the leaf) and earlier keep-masks (None = all kept)."""
+
+    paths: Sequence[str]
+    leaves: Sequence[ArrayLike]
+    scores: Sequence[ArrayLike | None]
+    default_masks: Sequence[ArrayLike | None]
 
 
 def count_dtype() -> jnp.dtype:
@@ -486,17 +490,10 @@ class GlobalUnstructured(_Entries):
             return ("group", self.group)
         return ("pattern", pattern, self)
 
-    def group_masks(
-        self,
-        key: PRNGKey | None,
-        paths: Sequence[str],
-        leaves: Sequence[ArrayLike],
-        scores: Sequence[ArrayLike | None],
-        default_masks: Sequence[ArrayLike | None],
-    ) -> list[Array]:
-        return global_masks(list(paths), list(leaves), check_amount(self.amount), method=self.method, key=key,
-                            importance_scores=list(scores), default_masks=list(default_masks))
+    def group_masks(self, key: PRNGKey | None, group: Group) -> list[Array]:
+        return global_masks(list(group.paths), list(group.leaves), check_amount(self.amount), method=self.method,
+                            key=key, importance_scores=list(group.scores), default_masks=list(group.default_masks))
 
     def compute_mask(self, key: PRNGKey | None, t: ArrayLike, default_mask: ArrayLike | None = None) -> Array:
         """The mask of a group of one leaf whose path is ``""``."""
-        return self.group_masks(key, [""], [t], [None], [default_mask])[0]
+        return self.group_masks(key, Group([""], [t], [None], [default_mask]))[0]
