@@ -11,6 +11,8 @@ Array([[False, False,  True,  True],
        [ True,  True,  True,  True]], dtype=bool)
 """
 
+from importlib import metadata as _metadata
+
 from ._errors import KeyRequiredError as KeyRequiredError
 from ._errors import NormOrderError as NormOrderError
 from ._errors import PruningShapeError as PruningShapeError
@@ -54,7 +56,10 @@ from ._trees import leaf_key as leaf_key
 from ._trees import path_str as path_str
 from ._trees import pruned_indices as pruned_indices
 
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("jaxprune")  # one source of truth: pyproject.toml
+except _metadata.PackageNotFoundError:  # imported from a source tree that is not installed
+    __version__ = "0+unknown"
 
 __all__ = (
     "ActivationUnstructured",
