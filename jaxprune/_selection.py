@@ -6,16 +6,25 @@ is selected first; across several arrays, the order is their concatenation),
 and NaN ranks above ``+inf`` (selected last).
 
 Why not a sort: on XLA:CPU ``sort``, ``argsort`` and ``top_k`` are single
-threaded and 9-25x slower than torch's ``topk`` on millions of values. Instead
-the scores become unsigned integer *sort keys* (a monotone bit mapping), and a
-radix select finds the key of the k-th lowest candidate with one 65536-bin
-histogram per 16 bits of key (two passes over float32 data). Ties at that key
-are cut by position with per-row counts, so the count is exact without a
-full-length ``cumsum``. Small inputs (the per-slice scores of structured
-methods, for instance) take a stable sort instead, which is cheaper there.
+threaded and much slower than torch's ``topk`` on millions of values (see
+benchmarks/). Instead the scores become unsigned integer *sort keys* (a
+monotone bit mapping), and a radix select finds the key of the k-th lowest
+candidate with one 65536-bin histogram per 16 bits of key (two passes over
+float32 data). Ties at that key are cut by position with per-row counts, so
+the count is exact without a full-length ``cumsum``. Small inputs (the
+per-slice scores of structured methods, for instance) take a stable sort
+instead, which is cheaper there.
 
 Everything here is traceable: ``k`` may be a traced integer, so changing the
 amount never recompiles.
+
+Counts are exact beyond 2**31 entries without x64: ``k``, histogram bins and
+running sums are two-word :class:`~jaxprune._amounts.Count` values, each
+scatter counts fewer than 2**32 entries into uint32 bins, and arrays are
+addressed by rows (int32 row indices), never by int32 flat positions.
+
+How it runs (the sort threshold, chunk and row sizes, and whether shapes are
+kept) is :class:`Settings`, changed for a block with :func:`forced`.
 
 Sharding: when the process has several devices, arrays may be sharded, and
 flattening or slicing them into chunks would make XLA gather whole parameters
@@ -213,8 +222,8 @@ def magnitude_dtype(dtypes: Sequence[np.dtype]) -> np.dtype | None:
 
 def keeps_shapes() -> bool:
     """Whether selection keeps array shapes: with several devices (arrays may
-    be sharded) and off CPU (a GPU scatters a whole array faster than chunks:
-    on an H100, random_unstructured of 8192x8192 took 2.2 ms vs 7.8 ms)."""
+    be sharded) and off CPU (a GPU scatters a whole array faster than chunks;
+    benchmarks/gpu_paths.py measures both), unless :func:`forced` says."""
     forced_value = settings().keep_shapes
     if forced_value is not None:
         return forced_value
@@ -390,9 +399,8 @@ def _block_histogram(
 
     def body(i: Array, hist: Array) -> Array:
         start = first + i * block
-        keys = to_keys(lax.dynamic_slice_in_dim(rows, start, block).reshape(-1))
-        live = None if crows is None else lax.dynamic_slice_in_dim(crows, start, block).reshape(-1)
-        return _count_digits(hist, keys, live, shift, prefix)
+        live = None if crows is None else _row_block(crows, start, block)
+        return _count_digits(hist, to_keys(_row_block(rows, start, block)), live, shift, prefix)
 
     hist = lax.fori_loop(0, steps, body, _zero_hist()) if steps else _zero_hist()
     tail = first + steps * block
@@ -400,6 +408,16 @@ def _block_histogram(
         live = None if crows is None else crows[tail:last].reshape(-1)
         hist = _count_digits(hist, to_keys(rows[tail:last].reshape(-1)), live, shift, prefix)
     return hist
+
+
+def _row_block(rows: Array, start: Array, block: int) -> Array:
+    """Rows ``start`` to ``start + block`` of the row view, flat. Below 2**31
+    entries, one slice of the flat array (XLA:CPU reads it in place, where a
+    2-D slice made flat costs a copy); beyond, a 2-D slice (row indices)."""
+    length = rows.shape[1]
+    if rows.size <= np.iinfo(np.int32).max:
+        return lax.dynamic_slice_in_dim(rows.reshape(-1), start * length, block * length)
+    return lax.dynamic_slice_in_dim(rows, start, block).reshape(-1)
 
 
 def _threshold(
@@ -517,8 +535,8 @@ def _row_tie_counts(rows: Array, crows: Array | None, ties: Callable[[Array, Arr
     if steps:
 
         def body(i: Array, acc: Array) -> Array:
-            part = lax.dynamic_slice_in_dim(rows, i * block, block)
-            live = None if crows is None else lax.dynamic_slice_in_dim(crows, i * block, block)
+            part = _row_block(rows, i * block, block).reshape(block, length)
+            live = None if crows is None else _row_block(crows, i * block, block).reshape(block, length)
             return lax.dynamic_update_slice_in_dim(acc, count(part, live), i * block, 0)
 
         pieces.append(lax.fori_loop(0, steps, body, jnp.zeros(steps * block, jnp.int32)))
