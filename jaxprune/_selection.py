@@ -357,14 +357,15 @@ def _histogram(
     array). Each scatter counts fewer than 2**32 entries into uint32 bins.
     """
     zero = jnp.zeros(_BINS, jnp.uint32)
-    hist = Count(zero, zero)
+    parts = []
     for x, c in zip(scores, cands):
         if keeps_shapes() and x.size <= _BIN_MAX:
-            hist = count_add(hist, Count(zero, _count_digits(_zero_hist(), to_keys(x), c, shift, prefix)))
+            parts.append(_count_digits(_zero_hist(), to_keys(x), c, shift, prefix))
             continue
-        for part in _row_blocks(x, c):
-            hist = count_add(hist, Count(zero, _block_histogram(part, to_keys, shift, prefix)))
-    return hist
+        parts.extend(_block_histogram(part, to_keys, shift, prefix) for part in _row_blocks(x, c))
+    if sum(x.size for x in scores) <= _BIN_MAX:  # no bin can carry: one word is exact
+        return Count(zero, functools.reduce(jnp.add, parts))
+    return functools.reduce(count_add, [Count(zero, p) for p in parts])
 
 
 def _rows(x: Array) -> Array:
@@ -425,19 +426,21 @@ def _threshold(
     udt: np.dtype,
     k: Count,
     on_pass: Callable[[int], None] | None = None,
+    size: int = _BIN_MAX + 1,
 ) -> tuple[Array, Count, Count]:
     """Radix select of the k-th lowest key, 16 bits per pass.
 
     Returns ``(threshold, remaining, tied)``: every candidate with a key below
     ``threshold`` is selected, and ``remaining`` of the ``tied`` candidates
-    whose key equals it (counts as two words: exact beyond 2**31).
+    whose key equals it (counts as two words: exact beyond 2**31). ``size``
+    bounds the histograms' total (static: below 2**32, one-word sums suffice).
     """
     prefix = jnp.zeros((), udt)
     remaining = k  # how many still to select at or above the current prefix
     tied = as_count(jnp.zeros((), jnp.uint32))
     for number, shift in enumerate(range(udt.itemsize * 8 - _DIGIT_BITS, -1, -_DIGIT_BITS), start=1):
         hist = histogram(shift, prefix)
-        cum = count_cumsum(hist)
+        cum = count_cumsum(hist, size <= _BIN_MAX)
         if on_pass is not None:  # runs once the histogram exists (it is the callback's operand)
             jax.debug.callback(lambda _, number=number: on_pass(number), cum.lo[-1])
         digit = jnp.minimum(jnp.sum(count_less(cum, remaining), dtype=jnp.int32), _BINS - 1)
@@ -458,7 +461,7 @@ def _select_by_radix(
     tie cut only when ties straddle the k-th key)."""
     udt = jax.eval_shape(to_keys, jax.ShapeDtypeStruct((1,), scores[0].dtype)).dtype
     threshold, remaining, tied = _threshold(
-        functools.partial(_histogram, scores, cands, to_keys), udt, k, on_pass
+        functools.partial(_histogram, scores, cands, to_keys), udt, k, on_pass, sum(x.size for x in scores)
     )
 
     def below_or_equal(_: None) -> list[Array]:
@@ -584,7 +587,7 @@ def _tie_cut(
         return _live(to_keys(x) == threshold, c)
 
     counts = jnp.concatenate([_row_tie_counts(x, c, ties).ravel() for x, c in views])
-    cum = count_cumsum(as_count(counts))
+    cum = count_cumsum(as_count(counts), sum(x.size for x in scores) <= _BIN_MAX)
     cut_row = jnp.minimum(jnp.sum(count_less(cum, remaining), dtype=jnp.int32), counts.size - 1)
     before = count_sub(Count(cum.hi[cut_row], cum.lo[cut_row]), as_count(counts[cut_row]))
     in_row = count_int32(count_sub(remaining, before))  # ties to take in the cut row (< its length)
@@ -720,7 +723,7 @@ def select_lowest_by_leaf(
         return functools.reduce(count_add, hists)
 
     # The traced path's passes, run eagerly: each leaf kernel is compiled on its own.
-    threshold, remaining, tied = _threshold(histogram, udt, host_count(k), on_pass)
+    threshold, remaining, tied = _threshold(histogram, udt, host_count(k), on_pass, sum(leaves[i].size for i in live))
     remaining, tied = count_int(remaining), count_int(tied)
     left = remaining  # ties still to select, lowest positions first, in leaf order
     for i in live:
