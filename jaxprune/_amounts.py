@@ -77,7 +77,8 @@ def as_count(n: int | Array | Count) -> Count:
     if n.dtype.itemsize > 4:  # x64 on: a wide integer array
         wide = jnp.maximum(n, 0).astype(jnp.uint64)
         return Count((wide >> 32).astype(_U32), (wide & 0xFFFFFFFF).astype(_U32))
-    return Count(jnp.zeros(n.shape, _U32), jnp.maximum(n, 0).astype(_U32))
+    # A NumPy zero high word: known at trace time (see round_scaled).
+    return Count(np.zeros(n.shape, _U32), jnp.maximum(n, 0).astype(_U32))
 
 
 def count_int(c: Count) -> int:
@@ -122,11 +123,18 @@ def count_int32(c: Count) -> Array:
     return jnp.where(big, np.int32(np.iinfo(np.int32).max), c.lo.astype(jnp.int32))
 
 
-def count_cumsum(c: Count) -> Count:
+def count_cumsum(c: Count, total_below_2_32: bool = False) -> Count:
     """Inclusive cumulative sums of a 1-D Count, exact: the low words are
     summed modulo 2**32, and a step whose running low word went down carried
-    one into the high word (each addend is below 2**32, so at most one carry)."""
+    one into the high word (each addend is below 2**32, so at most one carry).
+
+    ``total_below_2_32``: the caller knows (from static sizes) that the sum is
+    below 2**32, so the low words alone are exact (one cumsum, not two: less
+    to compile).
+    """
     lo = jnp.cumsum(c.lo, dtype=_U32)
+    if total_below_2_32:
+        return Count(jnp.zeros(lo.shape, _U32), lo)
     before = jnp.concatenate([jnp.zeros(1, _U32), lo[:-1]])
     return Count(jnp.cumsum(c.hi + (lo < before).astype(_U32), dtype=_U32), lo)
 
@@ -140,7 +148,7 @@ def count_true(mask: Array) -> Count:
     """
     zero = jnp.zeros((), _U32)
     if mask.size < _WORD:
-        return Count(zero, jnp.sum(mask, dtype=_U32))
+        return Count(np.uint32(0), jnp.sum(mask, dtype=_U32))
     if mask.ndim == 1 or mask.shape[-1] >= _WORD:
         flat, total = mask.reshape(-1), Count(zero, zero)
         for start in range(0, flat.size, _WORD - 1):
@@ -303,8 +311,7 @@ def _clamp_count(count: Array, units: Count) -> Count:
 _LIMB = 16
 _LIMB_MASK = (1 << _LIMB) - 1
 _M_LIMBS = 4  # mantissa: 64 bits
-_N_LIMBS = 4  # units: 64 bits
-_P_LIMBS = 8  # product: 128 bits
+# units: 64 bits (4 limbs), or 32 bits when known below 2**32; the product: 96 or 128 bits
 
 
 def _float_parts_host(a: float) -> tuple[int, int]:
@@ -379,15 +386,17 @@ def round_scaled(mantissa_limbs: Array, shift: Array, units: Array | Count) -> C
     """
     units = as_count(units)
     n_limbs = [units.lo & _LIMB_MASK, units.lo >> _LIMB, units.hi & _LIMB_MASK, units.hi >> _LIMB]
-    columns = [jnp.zeros((), jnp.uint32) for _ in range(_P_LIMBS)]
+    if isinstance(units.hi, (np.ndarray, np.generic)) and not np.any(units.hi):
+        n_limbs = n_limbs[:2]  # units known below 2**32: a smaller product (less to compile)
+    columns = [jnp.zeros((), jnp.uint32) for _ in range(_M_LIMBS + len(n_limbs))]
     for i in range(_M_LIMBS):
-        for j in range(_N_LIMBS):
+        for j in range(len(n_limbs)):
             prod = mantissa_limbs[i] * n_limbs[j]
             columns[i + j] = columns[i + j] + (prod & _LIMB_MASK)
             columns[i + j + 1] = columns[i + j + 1] + (prod >> _LIMB)
     product = _normalize(columns)
     # float64 rounding of the product: keep its 53 most significant bits.
-    positions = jnp.arange(_P_LIMBS)
+    positions = jnp.arange(len(columns))
     top = jnp.max(jnp.where(product != 0, positions, -1))
     top_limb = product[jnp.maximum(top, 0)]
     msb = _LIMB * top + (31 - lax.clz(top_limb).astype(jnp.int32))

@@ -6,16 +6,25 @@ is selected first; across several arrays, the order is their concatenation),
 and NaN ranks above ``+inf`` (selected last).
 
 Why not a sort: on XLA:CPU ``sort``, ``argsort`` and ``top_k`` are single
-threaded and 9-25x slower than torch's ``topk`` on millions of values. Instead
-the scores become unsigned integer *sort keys* (a monotone bit mapping), and a
-radix select finds the key of the k-th lowest candidate with one 65536-bin
-histogram per 16 bits of key (two passes over float32 data). Ties at that key
-are cut by position with per-row counts, so the count is exact without a
-full-length ``cumsum``. Small inputs (the per-slice scores of structured
-methods, for instance) take a stable sort instead, which is cheaper there.
+threaded and much slower than torch's ``topk`` on millions of values (see
+benchmarks/). Instead the scores become unsigned integer *sort keys* (a
+monotone bit mapping), and a radix select finds the key of the k-th lowest
+candidate with one 65536-bin histogram per 16 bits of key (two passes over
+float32 data). Ties at that key are cut by position with per-row counts, so
+the count is exact without a full-length ``cumsum``. Small inputs (the
+per-slice scores of structured methods, for instance) take a stable sort
+instead, which is cheaper there.
 
 Everything here is traceable: ``k`` may be a traced integer, so changing the
 amount never recompiles.
+
+Counts are exact beyond 2**31 entries without x64: ``k``, histogram bins and
+running sums are two-word :class:`~jaxprune._amounts.Count` values, each
+scatter counts fewer than 2**32 entries into uint32 bins, and arrays are
+addressed by rows (int32 row indices), never by int32 flat positions.
+
+How it runs (the sort threshold, chunk and row sizes, and whether shapes are
+kept) is :class:`Settings`, changed for a block with :func:`forced`.
 
 Sharding: when the process has several devices, arrays may be sharded, and
 flattening or slicing them into chunks would make XLA gather whole parameters
@@ -213,8 +222,8 @@ def magnitude_dtype(dtypes: Sequence[np.dtype]) -> np.dtype | None:
 
 def keeps_shapes() -> bool:
     """Whether selection keeps array shapes: with several devices (arrays may
-    be sharded) and off CPU (a GPU scatters a whole array faster than chunks:
-    on an H100, random_unstructured of 8192x8192 took 2.2 ms vs 7.8 ms)."""
+    be sharded) and off CPU (a GPU scatters a whole array faster than chunks;
+    benchmarks/gpu_paths.py measures both), unless :func:`forced` says."""
     forced_value = settings().keep_shapes
     if forced_value is not None:
         return forced_value
@@ -348,14 +357,15 @@ def _histogram(
     array). Each scatter counts fewer than 2**32 entries into uint32 bins.
     """
     zero = jnp.zeros(_BINS, jnp.uint32)
-    hist = Count(zero, zero)
+    parts = []
     for x, c in zip(scores, cands):
         if keeps_shapes() and x.size <= _BIN_MAX:
-            hist = count_add(hist, Count(zero, _count_digits(_zero_hist(), to_keys(x), c, shift, prefix)))
+            parts.append(_count_digits(_zero_hist(), to_keys(x), c, shift, prefix))
             continue
-        for part in _row_blocks(x, c):
-            hist = count_add(hist, Count(zero, _block_histogram(part, to_keys, shift, prefix)))
-    return hist
+        parts.extend(_block_histogram(part, to_keys, shift, prefix) for part in _row_blocks(x, c))
+    if sum(x.size for x in scores) <= _BIN_MAX:  # no bin can carry: one word is exact
+        return Count(zero, functools.reduce(jnp.add, parts))
+    return functools.reduce(count_add, [Count(zero, p) for p in parts])
 
 
 def _rows(x: Array) -> Array:
@@ -390,9 +400,8 @@ def _block_histogram(
 
     def body(i: Array, hist: Array) -> Array:
         start = first + i * block
-        keys = to_keys(lax.dynamic_slice_in_dim(rows, start, block).reshape(-1))
-        live = None if crows is None else lax.dynamic_slice_in_dim(crows, start, block).reshape(-1)
-        return _count_digits(hist, keys, live, shift, prefix)
+        live = None if crows is None else _row_block(crows, start, block)
+        return _count_digits(hist, to_keys(_row_block(rows, start, block)), live, shift, prefix)
 
     hist = lax.fori_loop(0, steps, body, _zero_hist()) if steps else _zero_hist()
     tail = first + steps * block
@@ -402,24 +411,36 @@ def _block_histogram(
     return hist
 
 
+def _row_block(rows: Array, start: Array, block: int) -> Array:
+    """Rows ``start`` to ``start + block`` of the row view, flat. Below 2**31
+    entries, one slice of the flat array (XLA:CPU reads it in place, where a
+    2-D slice made flat costs a copy); beyond, a 2-D slice (row indices)."""
+    length = rows.shape[1]
+    if rows.size <= np.iinfo(np.int32).max:
+        return lax.dynamic_slice_in_dim(rows.reshape(-1), start * length, block * length)
+    return lax.dynamic_slice_in_dim(rows, start, block).reshape(-1)
+
+
 def _threshold(
     histogram: Callable[[int, Array], Count],
     udt: np.dtype,
     k: Count,
     on_pass: Callable[[int], None] | None = None,
+    size: int = _BIN_MAX + 1,
 ) -> tuple[Array, Count, Count]:
     """Radix select of the k-th lowest key, 16 bits per pass.
 
     Returns ``(threshold, remaining, tied)``: every candidate with a key below
     ``threshold`` is selected, and ``remaining`` of the ``tied`` candidates
-    whose key equals it (counts as two words: exact beyond 2**31).
+    whose key equals it (counts as two words: exact beyond 2**31). ``size``
+    bounds the histograms' total (static: below 2**32, one-word sums suffice).
     """
     prefix = jnp.zeros((), udt)
     remaining = k  # how many still to select at or above the current prefix
     tied = as_count(jnp.zeros((), jnp.uint32))
     for number, shift in enumerate(range(udt.itemsize * 8 - _DIGIT_BITS, -1, -_DIGIT_BITS), start=1):
         hist = histogram(shift, prefix)
-        cum = count_cumsum(hist)
+        cum = count_cumsum(hist, size <= _BIN_MAX)
         if on_pass is not None:  # runs once the histogram exists (it is the callback's operand)
             jax.debug.callback(lambda _, number=number: on_pass(number), cum.lo[-1])
         digit = jnp.minimum(jnp.sum(count_less(cum, remaining), dtype=jnp.int32), _BINS - 1)
@@ -440,7 +461,7 @@ def _select_by_radix(
     tie cut only when ties straddle the k-th key)."""
     udt = jax.eval_shape(to_keys, jax.ShapeDtypeStruct((1,), scores[0].dtype)).dtype
     threshold, remaining, tied = _threshold(
-        functools.partial(_histogram, scores, cands, to_keys), udt, k, on_pass
+        functools.partial(_histogram, scores, cands, to_keys), udt, k, on_pass, sum(x.size for x in scores)
     )
 
     def below_or_equal(_: None) -> list[Array]:
@@ -517,8 +538,8 @@ def _row_tie_counts(rows: Array, crows: Array | None, ties: Callable[[Array, Arr
     if steps:
 
         def body(i: Array, acc: Array) -> Array:
-            part = lax.dynamic_slice_in_dim(rows, i * block, block)
-            live = None if crows is None else lax.dynamic_slice_in_dim(crows, i * block, block)
+            part = _row_block(rows, i * block, block).reshape(block, length)
+            live = None if crows is None else _row_block(crows, i * block, block).reshape(block, length)
             return lax.dynamic_update_slice_in_dim(acc, count(part, live), i * block, 0)
 
         pieces.append(lax.fori_loop(0, steps, body, jnp.zeros(steps * block, jnp.int32)))
@@ -566,7 +587,7 @@ def _tie_cut(
         return _live(to_keys(x) == threshold, c)
 
     counts = jnp.concatenate([_row_tie_counts(x, c, ties).ravel() for x, c in views])
-    cum = count_cumsum(as_count(counts))
+    cum = count_cumsum(as_count(counts), sum(x.size for x in scores) <= _BIN_MAX)
     cut_row = jnp.minimum(jnp.sum(count_less(cum, remaining), dtype=jnp.int32), counts.size - 1)
     before = count_sub(Count(cum.hi[cut_row], cum.lo[cut_row]), as_count(counts[cut_row]))
     in_row = count_int32(count_sub(remaining, before))  # ties to take in the cut row (< its length)
@@ -702,7 +723,7 @@ def select_lowest_by_leaf(
         return functools.reduce(count_add, hists)
 
     # The traced path's passes, run eagerly: each leaf kernel is compiled on its own.
-    threshold, remaining, tied = _threshold(histogram, udt, host_count(k), on_pass)
+    threshold, remaining, tied = _threshold(histogram, udt, host_count(k), on_pass, sum(leaves[i].size for i in live))
     remaining, tied = count_int(remaining), count_int(tied)
     left = remaining  # ties still to select, lowest positions first, in leaf order
     for i in live:

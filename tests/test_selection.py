@@ -157,3 +157,29 @@ def test_leaf_by_leaf_random_draws_equal_the_traced_draws(path):
     traced = jax.jit(lambda d: select_lowest(d, [None] * 3, jnp.int32(1234)))(draws)
     for got, sel in zip(keep, traced):
         np.testing.assert_array_equal(np.asarray(got), ~np.asarray(sel))
+
+
+def test_forced_settings_key_the_jit_cache():
+    """A function jitted under other settings is traced again, never served
+    stale from jax's cache (no jax.clear_caches() needed)."""
+    traces = []
+
+    @jax.jit
+    def f(x):
+        traces.append(_selection.settings())  # runs once per trace
+        return select_lowest([x], [None], jnp.int32(3))[0]
+
+    x = jnp.arange(300.0)[::-1]
+    expected = np.arange(300) >= 297
+    for settings in [{}, {}, {"sort_max": 0}, {"sort_max": 0}, {}, {"sort_max": 0, "keep_shapes": True}]:
+        with _selection.forced(**settings):
+            np.testing.assert_array_equal(np.asarray(f(x)), expected)
+    default = _selection.Settings()
+    assert traces == [default, _selection.Settings(sort_max=0), _selection.Settings(sort_max=0, keep_shapes=True)]
+    assert _selection.settings() == default
+
+
+def test_forced_refuses_unknown_settings():
+    with pytest.raises(TypeError, match=r"unknown settings \['SORT_MAX'\].*'sort_max'"):
+        with _selection.forced(SORT_MAX=0):
+            pass
