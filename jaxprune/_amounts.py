@@ -28,19 +28,24 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeGuard, cast
 
 import jax
+import jax.core  # jax.core.Tracer: the submodule is not an attribute of ``jax`` for type checkers
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ._typing import Amount, Array
+from ._typing import Amount, Array, ArrayLike
 
 
-def is_traced(x: object) -> bool:
+def is_traced(x: object) -> TypeGuard[jax.core.Tracer]:
     """True for values only known inside a trace (jit, vmap, grad...)."""
     return isinstance(x, jax.core.Tracer)
+
+
+#: A word of a :class:`Count`: a jax array, or NumPy (known at trace time, e.g. a zero high word).
+Word = Array | np.ndarray | np.unsignedinteger
 
 
 class Count(NamedTuple):
@@ -51,15 +56,15 @@ class Count(NamedTuple):
     passes through ``jit`` and ``lax.cond``.
     """
 
-    hi: Array
-    lo: Array
+    hi: Word
+    lo: Word
 
 
 _U32 = jnp.uint32
 _WORD = 1 << 32
 
 
-def host_count(n: int) -> Count:
+def host_count(n: int | np.integer) -> Count:
     """A Python int ``0 <= n < 2**64`` as a Count of NumPy words (one abstract type for every n)."""
     n = int(n)
     if not 0 <= n < _WORD * _WORD:
@@ -96,15 +101,15 @@ def count_sub(a: Count, b: Count) -> Count:
     return Count(a.hi - b.hi - (a.lo < b.lo).astype(_U32), a.lo - b.lo)
 
 
-def count_less(a: Count, b: Count) -> Array:
+def count_less(a: Count, b: Count) -> Array | np.ndarray | np.bool_:
     return (a.hi < b.hi) | ((a.hi == b.hi) & (a.lo < b.lo))
 
 
-def count_equal(a: Count, b: Count) -> Array:
+def count_equal(a: Count, b: Count) -> Array | np.ndarray | np.bool_:
     return (a.hi == b.hi) & (a.lo == b.lo)
 
 
-def count_where(pred: Array, a: Count, b: Count) -> Count:
+def count_where(pred: ArrayLike, a: Count, b: Count) -> Count:
     return Count(jnp.where(pred, a.hi, b.hi), jnp.where(pred, a.lo, b.lo))
 
 
@@ -168,7 +173,7 @@ def count_true(mask: Array) -> Count:
 class CheckedAmount:
     """A validated amount: a count or a fraction, concrete or a traced 0-d array."""
 
-    value: object  # Python int / numbers.Real, or a 0-d jax array
+    value: int | float | numbers.Real | Array  # Python int / numbers.Real, or a 0-d jax array
     is_count: bool
 
     @property
@@ -271,12 +276,14 @@ def prune_count(amount: CheckedAmount, units: int | Array | Count) -> int | Coun
     """
     value = amount.value
     if not is_traced(value) and not is_traced(units) and not isinstance(units, Count):
-        return _host_count_to_prune(value.item() if isinstance(value, jax.Array) else value, amount.is_count, int(units))
+        host_value = value.item() if isinstance(value, jax.Array) else value
+        return _host_count_to_prune(host_value, amount.is_count, int(units))
     units = as_count(units)
     if amount.is_count:
         if is_traced(value):
             return _clamp_count(value, units)
-        return count_min(host_count(min(int(value), _WORD * _WORD - 1)), units)
+        count = cast("int | Array", value)  # a count: a Python int or a concrete integer array (check_amount)
+        return count_min(host_count(min(int(count), _WORD * _WORD - 1)), units)
     if not is_traced(value):
         mantissa, shift = _float_parts_host(float(value))
         limbs = jnp.asarray(_to_limbs_host(mantissa), jnp.uint32)
@@ -285,11 +292,12 @@ def prune_count(amount: CheckedAmount, units: int | Array | Count) -> int | Coun
     return round_scaled(limbs, shift, units)
 
 
-def _host_count_to_prune(value: object, is_count: bool, units: int) -> int:
+def _host_count_to_prune(value: int | float | numbers.Real, is_count: bool, units: int) -> int:
     if is_count:
-        k = int(value)
+        k = int(cast(int, value))  # a count: a Python int (check_amount)
     elif isinstance(value, float) or isinstance(value, numbers.Rational):
-        k = round(value * units)
+        # typeshed's numbers ABCs: a Rational times an int is a Complex there (a Real at runtime)
+        k = round(value * units)  # pyright: ignore[reportArgumentType]
     else:  # another numbers.Real: use its float value
         k = round(float(value) * units)
     if k > units:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -75,7 +76,8 @@ def _host_array(t: object, name: str) -> np.ndarray:
 
 def _check_narrowing(host: np.ndarray, name: str) -> None:
     """Refuse 64-bit values that jax without x64 would change (wrap or overflow)."""
-    if host.dtype.itemsize != 8 or jax.config.jax_enable_x64 or host.size == 0:
+    # canonicalize_dtype(int64) is int64 exactly when x64 is on (jax.config.jax_enable_x64, which stubs lack)
+    if host.dtype.itemsize != 8 or jax.dtypes.canonicalize_dtype(jnp.int64) == jnp.int64 or host.size == 0:
         return
     if host.dtype.kind in "iu":
         narrow = np.int32 if host.dtype.kind == "i" else np.uint32
@@ -161,7 +163,9 @@ def check_dim(shape: tuple[int, ...], dim: int) -> int:
     if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, numbers.Integral):
         raise TypeError(f"dim must be an int, got {type(dim).__name__}: {dim!r}")
     if not -len(shape) <= dim < len(shape):
-        raise IndexError(f"Invalid index {dim} for tensor of shape {tuple(shape)} (dims {-len(shape)} to {len(shape) - 1})")
+        raise IndexError(
+            f"Invalid index {dim} for tensor of shape {tuple(shape)} (dims {-len(shape)} to {len(shape) - 1})"
+        )
     return int(dim) % len(shape)
 
 
@@ -177,7 +181,7 @@ def check_shape(shape: object) -> tuple[int, ...]:
     return tuple(int(s) for s in extents)
 
 
-def check_norm(n: NormOrder, ndim: int | None = None) -> NormOrder:
+def check_norm(n: NormOrder, ndim: int | None = None) -> float | Literal["fro", "nuc"]:
     """Validate ``ln_structured``'s ``n`` (and, given ``ndim``, that torch accepts it there)."""
     if n is None:
         return 2.0
@@ -207,7 +211,7 @@ def count_units(default_mask: Array | None, total: int) -> int | Count:
     return int(np.count_nonzero(np.asarray(default_mask)))
 
 
-def _as_k(k: int | Count) -> Count:
+def as_k(k: int | Count) -> Count:
     # One abstract type for every k (two uint32 words), so amounts never recompile.
     return host_count(k) if isinstance(k, int) else as_count(k)
 
@@ -263,7 +267,7 @@ def unstructured_mask(
 def _prune_entries(scores: Array, amount: CheckedAmount, default_mask: ArrayLike | None, absolute: bool) -> Array:
     mask = None if default_mask is None else as_mask(default_mask, scores.shape, "default_mask", scores)
     k = prune_count(amount, count_units(mask, scores.size))
-    return _keep_lowest_entries(scores, mask, _as_k(k), absolute=absolute)
+    return _keep_lowest_entries(scores, mask, as_k(k), absolute=absolute)
 
 
 def alive_slices(mask: Array, dim: int) -> Array:
@@ -325,10 +329,10 @@ def structured_mask(
     scores = as_tensor(slice_scores, "slice_scores")
     if scores.shape != (shape[dim],):
         raise PruningShapeError(f"slice_scores must have shape ({shape[dim]},) (one per slice), got {scores.shape}")
-    return _prune_slices(scores, check_amount(amount), shape, dim, default_mask)
+    return prune_slices(scores, check_amount(amount), shape, dim, default_mask)
 
 
-def _prune_slices(
+def prune_slices(
     scores: Array,
     amount: CheckedAmount,
     shape: tuple[int, ...],
@@ -341,7 +345,7 @@ def _prune_slices(
     mask = None if default_mask is None else as_mask(default_mask, shape, "default_mask", t)
     alive = None if mask is None else alive_slices(mask, dim)
     k = prune_count(amount, count_units(alive, shape[dim]))
-    return _keep_lowest_slices(scores, mask, alive, _as_k(k), shape, dim, t)
+    return _keep_lowest_slices(scores, mask, alive, as_k(k), shape, dim, t)
 
 
 # --------------------------------------------------------------------------
@@ -418,7 +422,7 @@ def random_unstructured(
     checked = check_amount(amount)
     mask = None if default_mask is None else as_mask(default_mask, t.shape, "default_mask", t)
     k = prune_count(checked, count_units(mask, t.size))
-    return _keep_lowest_random(key, t, mask, _as_k(k))
+    return _keep_lowest_random(key, t, mask, as_k(k))
 
 
 def random_structured(
@@ -439,7 +443,7 @@ def random_structured(
     t = as_tensor(t)
     dim = check_dim(t.shape, dim)
     draws = jax.random.bits(key, (t.shape[dim],), jnp.uint32)
-    return _prune_slices(draws, check_amount(amount), t.shape, dim, default_mask, t)
+    return prune_slices(draws, check_amount(amount), t.shape, dim, default_mask, t)
 
 
 def compute_mask(key: PRNGKey, t: ArrayLike, amount: Amount, dim: int = -1) -> Array:
@@ -476,7 +480,7 @@ def slice_norms(t: ArrayLike, n: NormOrder, dim: int) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("n", "dim"))
-def _slice_norms(t: Array, n: NormOrder, dim: int) -> Array:
+def _slice_norms(t: Array, n: float | Literal["fro", "nuc"], dim: int) -> Array:
     if not jnp.issubdtype(t.dtype, jnp.floating) or t.dtype.itemsize < 4:
         t = t.astype(jnp.float32)
     if n == "nuc":
@@ -531,4 +535,4 @@ def ln_structured(
     dim = check_dim(t.shape, dim)
     n = check_norm(n, t.ndim)
     checked = check_amount(amount)
-    return _prune_slices(_slice_norms(scores, n, dim), checked, t.shape, dim, default_mask, t)
+    return prune_slices(_slice_norms(scores, n, dim), checked, t.shape, dim, default_mask, t)

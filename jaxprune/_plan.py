@@ -18,7 +18,9 @@ import jax.numpy as jnp
 from ._errors import KeyRequiredError
 from ._methods import check_key as check_key  # shared with the bridge and the CLI
 from ._specs import Group, PruningMethod
-from ._trees import _align, _leaves_with_paths, leaf_key
+from ._trees import leaf_key as leaf_key
+from ._trees import leaves_like as leaves_like  # shared tree helpers, here for the consumers
+from ._trees import named_leaves as named_leaves
 from ._typing import PyTree
 
 
@@ -298,14 +300,3 @@ def extra_leaves(tree: PyTree, paths: Sequence[str], extra: Mapping[str, Any] | 
 
 def _is_none(x: Any) -> bool:
     return x is None
-
-
-def named_leaves(tree: PyTree) -> list[tuple[str, Any]]:
-    """``(path, leaf)`` for every leaf of ``tree`` (paths as :func:`jp.path_str` writes them)."""
-    return _leaves_with_paths(tree)
-
-
-def leaves_like(tree: PyTree, other: PyTree | None, name: str) -> list[Any]:
-    """``other``'s leaves matched to ``tree``'s (None where ``other`` has None,
-    all None when ``other`` is None); ``other`` must have ``tree``'s structure."""
-    return _align(tree, other, name)

@@ -42,6 +42,7 @@ import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Sequence
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -136,7 +137,7 @@ _BINS = 1 << _DIGIT_BITS
 # --------------------------------------------------------------------------
 
 
-def key_dtype(dtype: np.dtype) -> np.dtype:
+def key_dtype(dtype: jax.typing.DTypeLike) -> np.dtype:
     """The unsigned key dtype for scores of ``dtype`` (32 or 64 bits)."""
     dtype = np.dtype(dtype)
     return np.dtype(np.uint64) if dtype.itemsize == 8 else np.dtype(np.uint32)
@@ -209,7 +210,8 @@ def magnitude_dtype(dtypes: Sequence[np.dtype]) -> np.dtype | None:
     fdt = np.dtype(np.float64 if wide else np.float32)
     exact_bits = 53 if wide else 24  # integers up to 2**bits are exact floats
     too_wide = [d for d in ints if d.itemsize * 8 > exact_bits]
-    if too_wide or (wide and not jax.config.jax_enable_x64):
+    # canonicalize_dtype(int64) is int64 exactly when x64 is on (jax.config.jax_enable_x64, which stubs lack)
+    if too_wide or (wide and not jax.dtypes.canonicalize_dtype(jnp.int64) == jnp.int64):
         names = ", ".join(d.name for d in kinds)
         raise TypeError(
             f"cannot rank leaves of dtypes {names} on one scale exactly: "
@@ -441,11 +443,12 @@ def _threshold(
     for number, shift in enumerate(range(udt.itemsize * 8 - _DIGIT_BITS, -1, -_DIGIT_BITS), start=1):
         hist = histogram(shift, prefix)
         cum = count_cumsum(hist, size <= _BIN_MAX)
+        # hist and cum are Counts of arrays (the cast: a Count's words may also be NumPy scalars)
         if on_pass is not None:  # runs once the histogram exists (it is the callback's operand)
-            jax.debug.callback(lambda _, number=number: on_pass(number), cum.lo[-1])
+            jax.debug.callback(lambda _, number=number: on_pass(number), cast(Array, cum.lo)[-1])
         digit = jnp.minimum(jnp.sum(count_less(cum, remaining), dtype=jnp.int32), _BINS - 1)
-        tied = Count(hist.hi[digit], hist.lo[digit])
-        remaining = count_sub(remaining, count_sub(Count(cum.hi[digit], cum.lo[digit]), tied))
+        tied = Count(cast(Array, hist.hi)[digit], cast(Array, hist.lo)[digit])
+        remaining = count_sub(remaining, count_sub(Count(cast(Array, cum.hi)[digit], cast(Array, cum.lo)[digit]), tied))
         prefix = prefix | (digit.astype(udt) << np.array(shift, udt))
     return prefix, remaining, tied
 
@@ -589,7 +592,8 @@ def _tie_cut(
     counts = jnp.concatenate([_row_tie_counts(x, c, ties).ravel() for x, c in views])
     cum = count_cumsum(as_count(counts), sum(x.size for x in scores) <= _BIN_MAX)
     cut_row = jnp.minimum(jnp.sum(count_less(cum, remaining), dtype=jnp.int32), counts.size - 1)
-    before = count_sub(Count(cum.hi[cut_row], cum.lo[cut_row]), as_count(counts[cut_row]))
+    # cum is a Count of arrays (the cast: a Count's words may also be NumPy scalars)
+    before = count_sub(Count(cast(Array, cum.hi)[cut_row], cast(Array, cum.lo)[cut_row]), as_count(counts[cut_row]))
     in_row = count_int32(count_sub(remaining, before))  # ties to take in the cut row (< its length)
     any_left = (remaining.hi | remaining.lo) != 0
 
@@ -649,12 +653,12 @@ class Ranking:
 @functools.partial(jax.jit, static_argnames=("ranking", "shift"))
 def _leaf_histogram(
     source: Array, leaf: Array, cand: Array | None, prefix: Array, *, ranking: Ranking, shift: int
-) -> Array:
+) -> Count:
     return _histogram([ranking.values(source, leaf)], [cand], ranking.keys, shift, prefix)
 
 
 @functools.partial(jax.jit, static_argnames=("ranking",))
-def _leaf_ties(source: Array, leaf: Array, cand: Array | None, threshold: Array, *, ranking: Ranking) -> Array:
+def _leaf_ties(source: Array, leaf: Array, cand: Array | None, threshold: Array, *, ranking: Ranking) -> Count:
     keys = ranking.keys(ranking.values(source, leaf))
     return count_true(_live(keys == threshold, cand))
 
@@ -703,21 +707,22 @@ def select_lowest_by_leaf(
     themselves for L1). The result is bit for bit the traced path's.
     """
     live = [i for i, leaf in enumerate(leaves) if leaf.size]
-    # Eager arrays are real buffers: only empty leaves get their (empty) mask now.
+    # Eager arrays are real buffers: only empty leaves get their (empty) mask now. Every None (a live
+    # leaf) is replaced before each return, hence the casts to list[Array] there.
     out: list[Array | None] = [None if leaf.size else jnp.zeros(leaf.shape, bool) for leaf in leaves]
     if not live:
-        return out
+        return cast("list[Array]", out)
     if sum(leaves[i].size for i in live) <= settings().sort_max:
         values = [ranking.values(sources[i], leaves[i]) for i in live]
         selected = select_lowest(values, [candidates[i] for i in live], k, to_keys=ranking.keys)
         for i, sel in zip(live, selected):
             c = candidates[i]
             out[i] = ~sel if c is None else c & ~sel
-        return out
+        return cast("list[Array]", out)
     value_dtype = jnp.uint32 if ranking.draws else sources[live[0]].dtype
     udt = jax.eval_shape(ranking.keys, jax.ShapeDtypeStruct((1,), value_dtype)).dtype
 
-    def histogram(shift: int, prefix: Array) -> Array:
+    def histogram(shift: int, prefix: Array) -> Count:
         hists = [_leaf_histogram(sources[i], leaves[i], candidates[i], prefix, ranking=ranking, shift=shift)
                  for i in live]
         return functools.reduce(count_add, hists)
@@ -740,4 +745,4 @@ def select_lowest_by_leaf(
             left -= n
         elif ties == "first":
             left = 0
-    return out
+    return cast("list[Array]", out)

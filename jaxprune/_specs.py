@@ -230,7 +230,7 @@ class StructuredMethod(_Slices):
             raise PruningShapeError(
                 f"{type(self).__name__}.slice_scores returned shape {scores.shape}, expected ({t.shape[dim]},)"
             )
-        return _methods._prune_slices(scores, check_amount(self.amount), t.shape, dim, default_mask, t)
+        return _methods.prune_slices(scores, check_amount(self.amount), t.shape, dim, default_mask, t)
 
 
 # --------------------------------------------------------------------------

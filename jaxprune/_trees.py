@@ -14,6 +14,7 @@ import hashlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,7 @@ from ._selection import (
 from ._typing import Amount, Array, ArrayLike, PRNGKey, PyTree
 
 
-def path_str(path: Sequence[object]) -> str:
+def path_str(path: Sequence[Any]) -> str:
     """A key path as a dotted string: ``('a', 0, 'kernel')`` -> ``"a.0.kernel"``.
 
     A final ``.value`` attribute (the array inside a Flax NNX ``Variable``) is
@@ -78,11 +79,12 @@ def leaf_key(key: PRNGKey, path: str) -> PRNGKey:
     return jax.random.fold_in(key, int.from_bytes(digest, "little"))
 
 
-def _leaves_with_paths(tree: PyTree) -> list[tuple[str, object]]:
+def named_leaves(tree: PyTree) -> list[tuple[str, Any]]:
+    """``(path, leaf)`` for every leaf of ``tree``, paths as :func:`path_str` writes them."""
     return [(path_str(p), leaf) for p, leaf in tree_util.tree_leaves_with_path(tree)]
 
 
-def _align(tree: PyTree, other: PyTree | None, name: str) -> list[object | None]:
+def leaves_like(tree: PyTree, other: PyTree | None, name: str) -> list[Any]:
     """Leaves of ``other`` matched to ``tree``'s array leaves (None where ``other`` has None).
 
     ``other`` must have exactly ``tree``'s structure, a None standing for a leaf.
@@ -90,10 +92,10 @@ def _align(tree: PyTree, other: PyTree | None, name: str) -> list[object | None]
     if other is None:
         return [None] * len(tree_util.tree_leaves(tree))
     tree_leaves = jax.tree.leaves(tree, is_leaf=_is_none)
-    return [o for t, o in zip(tree_leaves, _align_all(tree, other, name, "the tree")) if t is not None]
+    return [o for t, o in zip(tree_leaves, leaves_like_all(tree, other, name, "the tree")) if t is not None]
 
 
-def _align_all(tree: PyTree, other: PyTree, name: str, tree_name: str) -> list[object | None]:
+def leaves_like_all(tree: PyTree, other: PyTree, name: str, tree_name: str) -> list[Any]:
     """``other``'s leaves matched to every leaf of ``tree``, None leaves included."""
     tree_def = jax.tree.structure(tree, is_leaf=_is_none)
     other_leaves, other_def = jax.tree.flatten(other, is_leaf=_is_none)
@@ -122,7 +124,7 @@ def unwrap_variables(tree: PyTree) -> PyTree:
         return tree
     variable = nnx.Variable
 
-    def value(x: object) -> object:
+    def value(x: Any) -> Any:
         if not isinstance(x, variable):
             return x
         return x.get_value() if hasattr(x, "get_value") else x.value  # get_value: flax >= 0.12
@@ -184,7 +186,7 @@ def global_unstructured(
     elif progress is not None and not callable(progress):
         raise TypeError(f"progress must be None, a bool or a callable (done, total), got {progress!r}")
     checked = check_amount(amount)
-    named = _leaves_with_paths(tree)
+    named = named_leaves(tree)
     if not named:
         raise ValueError("global_unstructured needs at least one array in the tree, got an empty tree")
     paths = [path for path, _ in named]
@@ -194,8 +196,8 @@ def global_unstructured(
         checked,
         method=method,
         key=key,
-        importance_scores=_align(tree, importance_scores, "importance_scores"),
-        default_masks=_align(tree, default_masks, "default_masks"),
+        importance_scores=leaves_like(tree, importance_scores, "importance_scores"),
+        default_masks=leaves_like(tree, default_masks, "default_masks"),
         progress=progress,
     )
     return jax.tree.unflatten(jax.tree.structure(tree), out)
@@ -232,7 +234,7 @@ def global_masks(
     if method == "random":
         if any(s is not None for s in importance_scores):
             raise ValueError("importance_scores only apply to method='l1'")
-        key = _methods.check_key(key)
+        key = _methods.check_key(key)  # pyright: ignore[reportArgumentType] - None raises its TypeError here
         keys = tuple(leaf_key(key, path) for path in paths)
         scores = None
     else:
@@ -249,9 +251,9 @@ def global_masks(
             scores.append(s)
         keys = None
 
-    k = _methods._as_k(prune_count(amount, _total_units(leaves, masks)))
+    k = _methods.as_k(prune_count(amount, _total_units(leaves, masks)))
     if scores is None:  # random: each leaf's source is its key, its values uint32 draws
-        ranking, sources = Ranking(draws=True), list(keys)
+        ranking, sources = Ranking(draws=True), list(keys or ())
     else:
         ranking = Ranking(absolute=True, dtype=magnitude_dtype([s.dtype for s in scores]))
         sources = scores
@@ -272,14 +274,15 @@ def _total_units(leaves: Sequence[Array], masks: Sequence[Array | None]) -> int 
     """The candidates of a global group: a Python int, or a two-word Count when
     a mask is traced (exact beyond 2**31 either way)."""
     counts = [_methods.count_units(mask, leaf.size) for leaf, mask in zip(leaves, masks)]
-    if all(isinstance(n, int) for n in counts):
-        return sum(counts)
+    concrete = [n for n in counts if isinstance(n, int)]
+    if len(concrete) == len(counts):
+        return sum(concrete)
     return functools.reduce(count_add, [as_count(n) for n in counts])
 
 
-def _passes(leaves: Sequence[Array], ranking: Ranking, dtype: np.dtype) -> int:
-    dtype = np.uint32 if ranking.draws else key_dtype(ranking.dtype or dtype)
-    return radix_passes([leaf.size for leaf in leaves], dtype)
+def _passes(leaves: Sequence[Array], ranking: Ranking, dtype: Any) -> int:
+    keys = np.dtype(np.uint32) if ranking.draws else key_dtype(np.dtype(ranking.dtype or dtype))
+    return radix_passes([leaf.size for leaf in leaves], keys)
 
 
 @functools.partial(jax.jit, static_argnames=("ranking", "progress", "total"))
@@ -315,7 +318,7 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
     if isinstance(params, (jax.Array, np.ndarray)):
         return _apply_one(masks, params, "the mask")
     named, treedef = tree_util.tree_flatten_with_path(params, is_leaf=_is_none)
-    aligned = _align_all(params, masks, "masks", "params")
+    aligned = leaves_like_all(params, masks, "masks", "params")
     return jax.tree.unflatten(
         treedef, [_apply_one(m, p, f"masks[{path_str(path)!r}]") for m, (path, p) in zip(aligned, named)]
     )

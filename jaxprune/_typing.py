@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from typing import Any, Union
+from typing import Any
 
 import jax
 import numpy as np
@@ -16,7 +16,7 @@ PRNGKey = jax.Array
 #: A pytree of arrays (parameters, scores) or of masks.
 PyTree = Any
 #: A pruning amount: an int (count of units) or a float in [0, 1] (fraction of units),
-#: as a Python/NumPy scalar or a 0-d array (possibly traced under ``jit``).
-Amount = Union[int, float, numbers.Real, np.number, jax.Array]
+#: as a Python/NumPy scalar or a 0-d array (NumPy, or jax: possibly traced under ``jit``).
+Amount = int | float | numbers.Real | np.number | np.ndarray | jax.Array
 #: The ``n`` of ``ln_structured``: a real p-norm order, ``inf``, ``-inf``, ``'fro'`` or ``'nuc'``.
-NormOrder = Union[int, float, str]
+NormOrder = int | float | str

@@ -34,3 +34,15 @@ def torch_available() -> bool:
 # tests/multidevice needs 8 devices: tests/test_multidevice.py runs it in a
 # subprocess with XLA_FLAGS set; a session started with 8 devices collects it.
 collect_ignore = [] if jax.device_count() >= 8 else ["multidevice"]
+
+
+# The quick subset, `python -m pytest -q -m "not slow"`, leaves out the tests
+# that start other Python processes (the command line, the 8-device session,
+# x64, the demo): most of the suite's time, little of its surface.
+SLOW_MODULES = {"test_cli.py", "test_examples.py", "test_multidevice.py", "test_x64.py"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

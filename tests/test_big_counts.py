@@ -43,7 +43,7 @@ def test_host_k_of_a_big_tree_is_exact_and_becomes_a_count():
     for amount, expected in [(0.5, BIG // 2), (1.0, BIG), (BIG, BIG), (2**31, 2**31)]:
         k = prune_count(check_amount(amount), BIG)
         assert k == expected
-        assert count_int(_methods._as_k(k)) == expected
+        assert count_int(_methods.as_k(k)) == expected
     with pytest.raises(ValueError, match=f"amount={BIG + 1} should be smaller than .*={BIG}"):
         prune_count(check_amount(BIG + 1), BIG)
 
