@@ -188,8 +188,7 @@ def pruning(
             target = schedule.target(step)
             new = compute_masks(p, step_key, [leaf for _, leaf in named], default_masks=old, extra=extra,
                                 amount=lambda method, dms: _new_count(method, dms, target))
-            return jax.tree.unflatten(jax.tree.structure(masks, is_leaf=_is_none),
-                                      [m if n is None else n for m, n in zip(old, new)])
+            return jax.tree.unflatten(jax.tree.structure(masks, is_leaf=_is_none), new)  # None where unpruned
 
         masks = lax.cond(schedule.is_update(step), recompute, lambda m: m, state.masks)
         grads = apply_masks(updates, masks)
@@ -215,9 +214,7 @@ def _is_none(x: Any) -> bool:
 
 def _new_count(method: PruningMethod, masks: Sequence[Array], target: Array) -> Any:
     """The amount that brings these masks to ``target``: a count of the units
-    not pruned yet (None for a method without an amount)."""
-    if not method.has_amount:
-        return None
+    not pruned yet (the planner asks only methods that have an amount)."""
     units = sum(method.units(tuple(m.shape)) for m in masks)
     already = sum(method.pruned_units(m) for m in masks)
     dtype = count_dtype()
