@@ -118,10 +118,11 @@ def compute_module_masks(
         if given is not None and tuple(given.shape) != tuple(tensor.shape):
             raise jp.PruningShapeError(f"importance_scores[{a.path!r}] has shape {tuple(given.shape)}, "
                                        f"expected {tuple(tensor.shape)}")
-        # Snapshots: later changes to the module never reach these arrays.
-        leaves[a.index] = to_jax(tensor, copy=True)
-        scores[a.index] = None if given is None else to_jax(given, copy=True)
-        default_masks[a.index] = None if mask is None else to_jax(kept(mask), copy=True)
+        # Views, not copies: every mask is finished (block_until_ready below) before
+        # this function returns, so no later change to the module can reach them.
+        leaves[a.index] = to_jax(tensor)
+        scores[a.index] = None if given is None else to_jax(given)
+        default_masks[a.index] = None if mask is None else to_jax(kept(mask))
     masks = compute_masks(p, key, leaves, default_masks=default_masks, scores=scores)
     return jax.block_until_ready({names[a.index]: masks[a.index] for a in p.assignments})
 
@@ -159,18 +160,20 @@ def prune_module(
     masks = compute_module_masks(key, module, rules, importance_scores=importance_scores)
     params = prunable_parameters(module)
     touched: list[tuple[Any, str, dict[str, Any]]] = []
-    prune = _torch().nn.utils.prune
+    torch = _torch()
+    prune = torch.nn.utils.prune
     try:
         for name, mask in masks.items():
             sub, attr = params[name]
             current = _current(sub, attr)[0]
             # The mask goes where the parameter is (jax may have computed it on
-            # another device, e.g. its default GPU for a CPU module).
-            mask_tensor = to_torch(mask, copy=True).to(device=current.device, dtype=current.dtype)
+            # another device, e.g. its default GPU for a CPU module), in its
+            # dtype and memory format, as torch's own masks.
+            mask_tensor = torch.empty_like(current, requires_grad=False).copy_(to_torch(mask))
             # Saved before torch starts: its own rollback covers only some of its
             # steps and no BaseException, so the failing submodule needs ours too.
             touched.append((sub, attr, _save_state(sub, attr)))
-            prune.custom_from_mask(sub, attr, mask=mask_tensor)
+            _install_mask(sub, attr, mask_tensor)
     except BaseException as error:
         for sub, attr, before in reversed(touched):
             _restore_state(sub, attr, before)
@@ -180,6 +183,31 @@ def prune_module(
     else:
         return module
     raise failure  # outside the handler, so the original failure gets no torch error as its context
+
+
+def _install_mask(sub: torch.nn.Module, name: str, mask: torch.Tensor) -> None:
+    """Prune ``sub.<name>`` by ``mask`` as ``prune.custom_from_mask`` does.
+
+    A tensor pruned before goes through torch's own call (it combines the
+    masks in a ``PruningContainer``). A first pruning is done here, leaving
+    torch's state in torch's order (``<name>_orig`` parameter, ``<name>_mask``
+    buffer, the pruned tensor as a plain attribute, a ``CustomFromMask``
+    forward pre-hook) without torch's ``ones_like`` default mask and the
+    product with it (half its time on a small tensor). The hook's ``mask`` is
+    the buffer (torch's holds a copy that nothing reads again).
+    """
+    prune = _torch().nn.utils.prune
+    if name in _pruned_names(sub):
+        prune.custom_from_mask(sub, name, mask=mask)
+        return
+    method = prune.CustomFromMask(mask)
+    method._tensor_name = name
+    orig = sub._parameters[name]
+    sub.register_parameter(name + "_orig", orig)
+    del sub._parameters[name]
+    sub.register_buffer(name + "_mask", mask)
+    setattr(sub, name, method.apply_mask(sub))
+    sub.register_forward_pre_hook(method)
 
 
 _MISSING = object()

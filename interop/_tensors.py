@@ -84,7 +84,8 @@ def to_jax(tensor: torch.Tensor, *, copy: bool = False) -> jax.Array:
         return jnp.asarray(_from_dlpack(t), _WIDE_DTYPES[name])  # jax narrows these anyway; say so explicitly
     array = _from_dlpack(t)
     if copy and _shares_memory(array, t):
-        array = jnp.array(array, copy=True)
+        # The copy is torch's (a memcpy): jnp.array(copy=True) would compile a kernel per shape.
+        array = _from_dlpack(t.clone(memory_format=torch.contiguous_format))
     return array
 
 

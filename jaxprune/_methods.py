@@ -15,16 +15,20 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from typing import Literal
+from typing import Literal, TypeVar, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
+from . import _host
 from ._amounts import CheckedAmount, Count, as_count, check_amount, count_true, host_count, is_traced, prune_count
 from ._errors import NormOrderError, PruningShapeError
-from ._selection import like, magnitude_keys, select_lowest, sort_keys
+from ._selection import like, magnitude_keys, select_lowest, settings, sort_keys
 from ._typing import Amount, Array, ArrayLike, NormOrder, PRNGKey
+
+_T = TypeVar("_T", Array, np.ndarray)
 
 # --------------------------------------------------------------------------
 # Input checks
@@ -39,21 +43,25 @@ def as_tensor(t: ArrayLike, name: str = "t") -> Array:
     float64 one when its finite values fit in float32 (it ranks at float32
     precision); otherwise ``TypeError`` says to enable x64.
     """
+    return t if isinstance(t, jax.Array) and _check_real(t.dtype, name) else jnp.asarray(host_tensor(t, name))
+
+
+def host_tensor(t: ArrayLike, name: str = "t") -> np.ndarray:
+    """:func:`as_tensor`'s checks and dtype, as a NumPy array (a view where it can be)."""
     if isinstance(t, jax.Array):
-        arr = t
-    else:
-        host = _host_array(t, name)
-        if host.dtype.kind not in "iuf" and host.dtype != jnp.bfloat16:
-            raise TypeError(
-                f"{name} must have a real numeric dtype (integer or floating), got {host.dtype}: {t!r}"
-            )
-        _check_narrowing(host, name)
-        arr = jnp.asarray(host)
-    if arr.dtype == jnp.bool_ or not (
-        jnp.issubdtype(arr.dtype, jnp.integer) or jnp.issubdtype(arr.dtype, jnp.floating)
-    ):
-        raise TypeError(f"{name} must have a real numeric dtype (integer or floating), got {arr.dtype}")
-    return arr
+        _check_real(t.dtype, name)
+        return np.asarray(t)
+    host = _host_array(t, name)
+    if host.dtype.kind not in "iuf" and host.dtype != jnp.bfloat16:
+        raise TypeError(f"{name} must have a real numeric dtype (integer or floating), got {host.dtype}: {t!r}")
+    _check_narrowing(host, name)
+    return host.astype(jax.dtypes.canonicalize_dtype(host.dtype), copy=False)
+
+
+def _check_real(dtype: np.dtype, name: str) -> bool:
+    if dtype == jnp.bool_ or not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
+        raise TypeError(f"{name} must have a real numeric dtype (integer or floating), got {dtype}")
+    return True
 
 
 def _host_array(t: object, name: str) -> np.ndarray:
@@ -122,11 +130,22 @@ def as_mask(mask: ArrayLike, shape: tuple[int, ...], name: str, t: ArrayLike | N
     return arr if arr.dtype == jnp.bool_ else arr != 0
 
 
+def host_mask(mask: ArrayLike, shape: tuple[int, ...], name: str, t: object = None) -> np.ndarray:
+    """:func:`as_mask` as a NumPy bool array."""
+    if tuple(np.shape(mask)) != tuple(shape):
+        raise PruningShapeError(f"{name} must have the tensor's shape {tuple(shape)}, got {tuple(np.shape(mask))}")
+    if t is not None:
+        check_placement(mask, t, name)
+    arr = mask if isinstance(mask, np.ndarray) else np.asarray(mask) if isinstance(mask, jax.Array) \
+        else _host_array(mask, name)
+    return arr if arr.dtype == np.bool_ else np.not_equal(arr, 0)
+
+
 def _device_ids(x: jax.Array) -> list[int]:
     return sorted(d.id for d in x.sharding.device_set)
 
 
-def check_placement(mask: ArrayLike, t: ArrayLike, name: str) -> None:
+def check_placement(mask: ArrayLike, t: object, name: str) -> None:
     """Refuse a concrete mask committed to other devices than its tensor."""
     if not (isinstance(mask, jax.Array) and isinstance(t, jax.Array)) or is_traced(mask) or is_traced(t):
         return
@@ -137,15 +156,19 @@ def check_placement(mask: ArrayLike, t: ArrayLike, name: str) -> None:
         )
 
 
-def check_scores(t: Array, importance_scores: ArrayLike | None) -> Array:
+def check_scores(t: _T, importance_scores: ArrayLike | None) -> _T:
+    """``importance_scores`` checked against ``t`` (``t`` itself when None);
+    NumPy when ``t`` is NumPy (the host path)."""
     if importance_scores is None:
         return t
-    scores = as_tensor(importance_scores, "importance_scores")
+    host = isinstance(t, np.ndarray)
+    scores = host_tensor(importance_scores, "importance_scores") if host else as_tensor(importance_scores,
+                                                                                         "importance_scores")
     if scores.shape != t.shape:
         raise PruningShapeError(
             f"importance_scores should have the same shape as tensor t, got {scores.shape} vs {t.shape}"
         )
-    return scores
+    return cast(_T, scores)
 
 
 def check_dim(shape: tuple[int, ...], dim: int) -> int:
@@ -217,6 +240,61 @@ def as_k(k: int | Count) -> Count:
 
 
 # --------------------------------------------------------------------------
+# The NumPy path for eager calls (jaxprune/_host.py)
+# --------------------------------------------------------------------------
+
+
+def on_host(*values: object) -> bool:
+    """Whether a call on these inputs (arrays, amounts; None ignored) runs in
+    NumPy: every one concrete and in host memory (not a jax array on an
+    accelerator or on several devices), at most ``settings().host_max``
+    values in all, and the ``host`` setting on."""
+    config = settings()
+    if not config.host:
+        return False
+    total = 0
+    for x in values:
+        if x is None:
+            continue
+        if is_traced(x):
+            return False
+        if isinstance(x, jax.Array):
+            devices = x.sharding.device_set
+            if len(devices) != 1 or next(iter(devices)).platform != "cpu":
+                return False
+        total += math.prod(np.shape(x))  # type: ignore[arg-type]
+    return total <= config.host_max
+
+
+def host_result(mask: np.ndarray, t: object) -> Array:
+    """A NumPy mask as the jax array a kernel would return (on ``t``'s device
+    when ``t`` is a jax array committed to one)."""
+    if isinstance(t, jax.Array) and t.committed:
+        return jax.device_put(mask, t.sharding)
+    return jax.device_put(mask)  # not jnp.asarray: it compiles a copy kernel per shape
+
+
+def _host_entries(scores: np.ndarray, amount: CheckedAmount, mask: np.ndarray | None, keys: np.ndarray) -> np.ndarray:
+    """The keep-mask that prunes ``amount`` of the candidates with the lowest ``keys``."""
+    k = prune_count(amount, scores.size if mask is None else int(np.count_nonzero(mask)))
+    selected = _host.select_lowest([keys], [mask], int(k))[0]  # type: ignore[arg-type] - concrete: an int
+    return ~selected if mask is None else mask & ~selected
+
+
+def _host_slices(
+    scores: np.ndarray, amount: CheckedAmount, shape: tuple[int, ...], dim: int, mask: np.ndarray | None
+) -> np.ndarray:
+    """:func:`prune_slices` in NumPy: ``scores`` has one entry per slice."""
+    others = tuple(d for d in range(len(shape)) if d != dim)
+    alive = None if mask is None else np.asarray(mask.any(axis=others))
+    keep_slices = _host_entries(scores, amount, alive, _host.sort_keys(scores))
+    view = [1] * len(shape)
+    view[dim] = shape[dim]
+    keep = np.broadcast_to(keep_slices.reshape(view), shape)
+    return keep.copy() if mask is None else keep & mask
+
+
+# --------------------------------------------------------------------------
 # Building blocks
 # --------------------------------------------------------------------------
 
@@ -259,6 +337,9 @@ def unstructured_mask(
     >>> jp.unstructured_mask(jnp.array([3.0, 1.0, 2.0, 1.0]), 2)
     Array([ True, False,  True, False], dtype=bool)
     """
+    if on_host(scores, amount, default_mask):
+        host = host_tensor(scores, "scores")
+        return _prune_entries_on_host(host, scores, check_amount(amount), default_mask, absolute=False)
     scores = as_tensor(scores, "scores")
     checked = check_amount(amount)
     return _prune_entries(scores, checked, default_mask, absolute=False)
@@ -268,6 +349,14 @@ def _prune_entries(scores: Array, amount: CheckedAmount, default_mask: ArrayLike
     mask = None if default_mask is None else as_mask(default_mask, scores.shape, "default_mask", scores)
     k = prune_count(amount, count_units(mask, scores.size))
     return _keep_lowest_entries(scores, mask, as_k(k), absolute=absolute)
+
+
+def _prune_entries_on_host(
+    scores: np.ndarray, like_t: object, amount: CheckedAmount, default_mask: ArrayLike | None, absolute: bool
+) -> Array:
+    mask = None if default_mask is None else host_mask(default_mask, scores.shape, "default_mask", like_t)
+    keys = _host.magnitude_keys(scores) if absolute else _host.sort_keys(scores)
+    return host_result(_host_entries(scores, amount, mask, keys), like_t)
 
 
 def alive_slices(mask: Array, dim: int) -> Array:
@@ -326,22 +415,27 @@ def structured_mask(
     """
     shape = check_shape(shape)
     dim = check_dim(shape, dim)
-    scores = as_tensor(slice_scores, "slice_scores")
+    host = on_host(slice_scores, amount, default_mask)
+    scores = host_tensor(slice_scores, "slice_scores") if host else as_tensor(slice_scores, "slice_scores")
     if scores.shape != (shape[dim],):
         raise PruningShapeError(f"slice_scores must have shape ({shape[dim]},) (one per slice), got {scores.shape}")
     return prune_slices(scores, check_amount(amount), shape, dim, default_mask)
 
 
 def prune_slices(
-    scores: Array,
+    scores: Array | np.ndarray,
     amount: CheckedAmount,
     shape: tuple[int, ...],
     dim: int,
     default_mask: ArrayLike | None,
-    t: Array | None = None,
+    t: ArrayLike | None = None,
 ) -> Array:
     """Structured pruning from slice scores; ``t`` (the pruned tensor, when
-    known) gives the mask its sharding."""
+    known) gives the mask its sharding. NumPy scores take the NumPy path."""
+    if isinstance(scores, np.ndarray):
+        host = None if default_mask is None else host_mask(default_mask, shape, "default_mask", t)
+        return host_result(_host_slices(scores, amount, shape, dim, host), t)
+    t = t if isinstance(t, jax.Array) else None  # (a jax array whenever the scores are)
     mask = None if default_mask is None else as_mask(default_mask, shape, "default_mask", t)
     alive = None if mask is None else alive_slices(mask, dim)
     k = prune_count(amount, count_units(alive, shape[dim]))
@@ -360,6 +454,8 @@ def identity(t: ArrayLike) -> Array:
     >>> jp.identity([[1.0, 2.0]])
     Array([[ True,  True]], dtype=bool)
     """
+    if on_host(t):
+        return host_result(np.ones(host_tensor(t).shape, bool), t)
     t = as_tensor(t)
     return _all_kept(t)
 
@@ -398,6 +494,10 @@ def l1_unstructured(
     >>> jp.l1_unstructured(w, 0.5).sum()  # round(0.5 * 8) = 4 pruned
     Array(4, dtype=int32)
     """
+    if on_host(t, amount, importance_scores, default_mask):
+        host = host_tensor(t)
+        scores = check_scores(host, importance_scores)
+        return _prune_entries_on_host(scores, t, check_amount(amount), default_mask, absolute=True)
     t = as_tensor(t)
     scores = check_scores(t, importance_scores)
     return _prune_entries(scores, check_amount(amount), default_mask, absolute=True)
@@ -418,6 +518,13 @@ def random_unstructured(
     6
     """
     key = check_key(key)
+    words = _host.threefry_key(key) if on_host(t, amount, default_mask) else None
+    if words is not None:
+        host = host_tensor(t)
+        checked = check_amount(amount)
+        mask = None if default_mask is None else host_mask(default_mask, host.shape, "default_mask", t)
+        draws = _host.random_bits(words, host.size).reshape(host.shape)
+        return host_result(_host_entries(draws, checked, mask, draws), t)
     t = as_tensor(t)
     checked = check_amount(amount)
     mask = None if default_mask is None else as_mask(default_mask, t.shape, "default_mask", t)
@@ -440,6 +547,11 @@ def random_structured(
     4
     """
     key = check_key(key)
+    words = _host.threefry_key(key) if on_host(t, amount, default_mask) else None
+    if words is not None:
+        shape = host_tensor(t).shape  # its checks; the draws do not read the values
+        dim = check_dim(shape, dim)
+        return prune_slices(_host.random_bits(words, shape[dim]), check_amount(amount), shape, dim, default_mask, t)
     t = as_tensor(t)
     dim = check_dim(t.shape, dim)
     draws = jax.random.bits(key, (t.shape[dim],), jnp.uint32)
@@ -492,15 +604,25 @@ def _slice_norms(t: Array, n: float | Literal["fro", "nuc"], dim: int) -> Array:
     a = jnp.abs(t)
     if n == "fro" or n == 2.0:
         return jnp.sqrt(jnp.sum(a * a, axis=others))
-    if n == math.inf:
-        return jnp.max(a, axis=others, initial=0.0)
-    if n == -math.inf:
-        return jnp.min(a, axis=others, initial=math.inf)
+    if n in (math.inf, -math.inf):
+        return _extreme_magnitude(a, others, largest=n == math.inf)
     if n == 0.0:
         return jnp.sum(a != 0, axis=others).astype(t.dtype)
     if n == 1.0:
         return jnp.sum(a, axis=others)
     return jnp.sum(a**n, axis=others) ** (1.0 / n)
+
+
+def _extreme_magnitude(a: Array, axes: tuple[int, ...], largest: bool) -> Array:
+    """The largest (smallest) of the magnitudes ``a`` over ``axes``, NaN if any
+    is NaN. Compared as bits: XLA:CPU's float max/min see subnormals as 0."""
+    udt = jnp.uint64 if a.dtype.itemsize == 8 else jnp.uint32
+    bits = lax.bitcast_convert_type(a, udt)  # non-negative floats: the bits order as the values
+    if largest:  # NaN bits lie above +inf's, so a NaN wins
+        return lax.bitcast_convert_type(jnp.max(bits, axis=axes, initial=0), a.dtype)
+    inf_bits = lax.bitcast_convert_type(jnp.array(math.inf, a.dtype), udt)
+    low = lax.bitcast_convert_type(jnp.min(bits, axis=axes, initial=inf_bits), a.dtype)
+    return jnp.where(jnp.any(jnp.isnan(a), axis=axes), jnp.array(math.nan, a.dtype), low)
 
 
 def ln_structured(
@@ -530,6 +652,13 @@ def ln_structured(
     Array([[False, False, False, False],
            [ True,  True,  True,  True]], dtype=bool)
     """
+    if on_host(t, amount, importance_scores, default_mask):
+        host = host_tensor(t)
+        host_scores = check_scores(host, importance_scores)
+        dim = check_dim(host.shape, dim)
+        n = check_norm(n, host.ndim)
+        checked = check_amount(amount)
+        return prune_slices(_host.slice_norms(host_scores, n, dim), checked, host.shape, dim, default_mask, t)
     t = as_tensor(t)
     scores = check_scores(t, importance_scores)
     dim = check_dim(t.shape, dim)

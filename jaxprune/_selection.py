@@ -81,18 +81,24 @@ SORT_MAX = 4096
 CHUNK = 1 << 18
 #: Row length cap for the tie cut (rows of at most this many values).
 ROW_MAX = 4096
+#: Concrete host-resident inputs of at most this many values in total are
+#: selected in NumPy, with nothing to compile (see jaxprune/_host.py).
+HOST_MAX = 1 << 24
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """How the selection runs. ``keep_shapes``: keep array shapes (the
     sharding-safe path); None picks it when there are several devices or the
-    backend is not the CPU. The others are the sizes above."""
+    backend is not the CPU. ``host``: let concrete inputs in host memory (up
+    to ``host_max`` values) take the NumPy path. The others are the sizes above."""
 
     keep_shapes: bool | None = None
     sort_max: int = SORT_MAX
     chunk: int = CHUNK
     row_max: int = ROW_MAX
+    host: bool = True
+    host_max: int = HOST_MAX
 
 
 # A jit-cache-keyed context: a jitted function traced under other settings is
@@ -148,7 +154,12 @@ def sort_keys(scores: Array) -> Array:
 
     Floats use the IEEE trick (flip all bits of negatives, set the sign bit of
     positives), with every NaN mapped to the largest key; signed integers are
-    offset by half their range. ``-0.0`` and ``+0.0`` are equal (a tie).
+    offset by half their range. ``-0.0`` and ``+0.0`` are equal (a tie);
+    subnormals keep their order (the keys are read from the bits).
+
+    >>> keys = sort_keys(jnp.array([1e-40, 0.0, -0.0, -1e-40]))
+    >>> [int(a > b) for a, b in zip(keys.tolist(), keys.tolist()[1:])]  # 1e-40 > 0 == -0 > -1e-40
+    [1, 0, 1]
     """
     dtype = scores.dtype
     if jnp.issubdtype(dtype, jnp.unsignedinteger):
@@ -161,10 +172,12 @@ def sort_keys(scores: Array) -> Array:
     if jnp.issubdtype(dtype, jnp.floating):
         fdt = np.float64 if np.dtype(dtype).itemsize == 8 else np.float32
         udt = key_dtype(fdt)
-        x = scores.astype(fdt)
-        x = jnp.where(x == 0, jnp.zeros((), fdt), x)  # -0.0 ties with +0.0
+        x = scores.astype(fdt)  # exact, subnormals included (conversions are not flushed)
+        # On the bits, never a float comparison: XLA:CPU compares with subnormals
+        # flushed to zero, which would tie every |x| < 2**-126 with 0.
         bits = lax.bitcast_convert_type(x, udt)
         sign = np.array(1 << (udt.itemsize * 8 - 1), udt)
+        bits = jnp.where(bits == sign, np.array(0, udt), bits)  # -0.0 ties with +0.0
         keys = jnp.where(bits >= sign, ~bits, bits | sign)
         return jnp.where(jnp.isnan(x), np.array(np.iinfo(udt).max, udt), keys)
     raise TypeError(f"scores must be real numbers, got dtype {dtype}")
@@ -186,6 +199,7 @@ def magnitude_keys(x: Array, dtype: np.dtype | None = None) -> Array:
         u = x.astype(udt)
         magnitude = jnp.where(x < 0, np.array(0, udt) - u, u) if jnp.issubdtype(x.dtype, jnp.signedinteger) else u
         return sort_keys(magnitude if dtype is None else magnitude.astype(dtype))
+    # jnp.abs clears the sign bit (no flush to zero), and sort_keys reads bits.
     return sort_keys(jnp.abs(x if dtype is None else x.astype(dtype)))
 
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import tree_util
 
-from . import _methods
+from . import _host, _methods
 from ._amounts import CheckedAmount, Count, as_count, check_amount, count_add, count_int, prune_count
 from ._errors import PruningShapeError
 from ._selection import (
@@ -76,7 +76,15 @@ def leaf_key(key: PRNGKey, path: str) -> PRNGKey:
         raise TypeError(f"path must be a str (a leaf path such as 'a.kernel'), got {type(path).__name__}: {path!r}")
     key = _methods.check_key(key)
     digest = hashlib.blake2b(path.encode("utf-8"), digest_size=4).digest()
-    return jax.random.fold_in(key, int.from_bytes(digest, "little"))
+    data = int.from_bytes(digest, "little")
+    words = _host.threefry_words(key)
+    if words is None:
+        return jax.random.fold_in(key, data)
+    # The same key, derived in NumPy: jax's fold_in costs a dispatch (milliseconds) per leaf.
+    new = jax.device_put(np.array(_host.fold_in(words, data), np.uint32))
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(new, impl=jax.random.key_impl(key))
+    return new
 
 
 def named_leaves(tree: PyTree) -> list[tuple[str, Any]]:
@@ -226,6 +234,11 @@ def global_masks(
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Array]:
     """Global pruning over explicit lists (the leaves in ranking order, with their paths)."""
+    if progress is None and _methods.on_host(amount.value, *leaves, *importance_scores, *default_masks):
+        host = _global_on_host(paths, leaves, amount, method=method, key=key, importance_scores=importance_scores,
+                               default_masks=default_masks)
+        if host is not None:
+            return host
     leaves = [_methods.as_tensor(leaf, f"leaf {path!r}") for path, leaf in zip(paths, leaves)]
     masks = [
         None if m is None else _methods.as_mask(m, leaf.shape, f"default_masks[{path!r}]", leaf)
@@ -268,6 +281,49 @@ def global_masks(
         out = jax.block_until_ready(out)
         progress(total, total)
     return out
+
+
+def _global_on_host(
+    paths: Sequence[str],
+    leaves: Sequence[ArrayLike],
+    amount: CheckedAmount,
+    *,
+    method: str,
+    key: PRNGKey | None,
+    importance_scores: Sequence[ArrayLike | None],
+    default_masks: Sequence[ArrayLike | None],
+) -> list[Array] | None:
+    """:func:`global_masks` in NumPy (same checks, same masks); None when the
+    key's draws are not ones NumPy reproduces."""
+    host = [_methods.host_tensor(leaf, f"leaf {path!r}") for path, leaf in zip(paths, leaves)]
+    masks = [
+        None if m is None else _methods.host_mask(m, h.shape, f"default_masks[{path!r}]", leaf)
+        for path, h, leaf, m in zip(paths, host, leaves, default_masks)
+    ]
+    if method == "random":
+        if any(s is not None for s in importance_scores):
+            raise ValueError("importance_scores only apply to method='l1'")
+        key = _methods.check_key(key)  # pyright: ignore[reportArgumentType] - None raises its TypeError here
+        words = [_host.threefry_key(leaf_key(key, path)) for path in paths]
+        if any(w is None for w in words):
+            return None
+        keys = [_host.random_bits(w, h.size).reshape(h.shape) for w, h in zip(words, host)]  # type: ignore[arg-type]
+    else:
+        scores = []
+        for path, h, s in zip(paths, host, importance_scores):
+            s = h if s is None else _methods.host_tensor(s, f"importance_scores[{path!r}]")
+            if s.shape != h.shape:
+                raise PruningShapeError(
+                    f"importance_scores[{path!r}] should have the shape of the leaf, got {s.shape} vs {h.shape}"
+                )
+            scores.append(s)
+        dtype = magnitude_dtype([s.dtype for s in scores])
+        keys = [_host.magnitude_keys(s, dtype) for s in scores]
+    units = sum(h.size if m is None else int(np.count_nonzero(m)) for h, m in zip(host, masks))
+    k = prune_count(amount, units)
+    selected = _host.select_lowest(keys, masks, int(k))  # type: ignore[arg-type] - concrete: an int
+    return [_methods.host_result(~sel if m is None else m & ~sel, leaf)
+            for sel, m, leaf in zip(selected, masks, leaves)]
 
 
 def _total_units(leaves: Sequence[Array], masks: Sequence[Array | None]) -> int | Count:

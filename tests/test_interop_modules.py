@@ -17,11 +17,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import torch.nn.utils.prune as prune  # noqa: E402
+from _torch_models import small_cnn  # noqa: E402
 
 import jaxprune as jp  # noqa: E402
 from jaxprune import interop  # noqa: E402
-
-from _torch_models import small_cnn  # noqa: E402
+from jaxprune.interop import _modules as interop_modules  # noqa: E402
 
 # --------------------------------------------------------------------------
 # Helpers
@@ -715,7 +715,7 @@ def test_a_failure_while_installing_rolls_back_what_was_installed(monkeypatch, a
     before = {k: v.clone() for k, v in net.state_dict().items()}
     params_before = {name: p for name, p in net.named_parameters()}
     hooks_before = [dict(m._forward_pre_hooks) for m in net]
-    real = prune.custom_from_mask
+    real = interop_modules._install_mask
     calls = []
 
     def failing(module, name, mask):
@@ -724,7 +724,7 @@ def test_a_failure_while_installing_rolls_back_what_was_installed(monkeypatch, a
             raise RuntimeError("torch failed here")
         return real(module, name, mask)
 
-    monkeypatch.setattr(prune, "custom_from_mask", failing)
+    monkeypatch.setattr(interop_modules, "_install_mask", failing)
     with pytest.raises(RuntimeError, match="torch failed here"):
         interop.prune_module(None, net, {"0.weight": jp.L1Unstructured(0.3), "4.weight": jp.L1Unstructured(0.3)})
     assert len(calls) == 2
@@ -740,15 +740,16 @@ def test_a_failure_while_installing_rolls_back_what_was_installed(monkeypatch, a
 # torch's own install step failing: every step, every kind of failure
 # --------------------------------------------------------------------------
 
-# The calls custom_from_mask makes in turn, as (owner, attribute, which module
-# states reach them): "fresh" = never pruned, "single" = one torch pruning method
-# on the tensor, "container" = a PruningContainer already.
+# The calls installing one mask makes in turn, as (owner, attribute, which module
+# states reach them): "fresh" = never pruned (jaxprune's own install),
+# "single" = one torch pruning method on the tensor, "container" = a
+# PruningContainer already (both through torch's custom_from_mask).
 INSTALL_STEPS: list[tuple[str, Any, str, tuple[str, ...]]] = [
     ("PruningContainer.__init__", prune.PruningContainer, "__init__", ("single",)),
     ("add_pruning_method", prune.PruningContainer, "add_pruning_method", ("single", "container")),
+    ("CustomFromMask.__init__", prune.CustomFromMask, "__init__", ("fresh", "single", "container")),
     ("register_parameter", torch.nn.Module, "register_parameter", ("fresh",)),
-    ("ones_like", torch, "ones_like", ("fresh",)),
-    ("compute_mask", prune.CustomFromMask, "compute_mask", ("fresh", "single", "container")),
+    ("compute_mask", prune.CustomFromMask, "compute_mask", ("single", "container")),
     ("register_buffer", torch.nn.Module, "register_buffer", ("fresh", "single", "container")),
     ("apply_mask", prune.BasePruningMethod, "apply_mask", ("fresh", "single", "container")),
     ("setattr-weight", torch.nn.Module, "__setattr__", ("fresh", "single", "container")),
@@ -816,7 +817,7 @@ def test_torch_failing_at_any_install_step_leaves_the_module_exactly_as_it_was(
             raise error
         return result
 
-    real_install = prune.custom_from_mask
+    real_install = interop_modules._install_mask
 
     def install(module, name, mask):
         armed["install"] += 1
@@ -827,7 +828,7 @@ def test_torch_failing_at_any_install_step_leaves_the_module_exactly_as_it_was(
             armed["inside"] = False
 
     monkeypatch.setattr(owner, attr, injected)
-    monkeypatch.setattr(prune, "custom_from_mask", install)
+    monkeypatch.setattr(interop_modules, "_install_mask", install)
     with pytest.raises(type(error)) as caught:
         interop.prune_module(None, net, {"0.weight": jp.L1Unstructured(0.3), "4.weight": jp.L1Unstructured(0.3)})
     monkeypatch.undo()
@@ -835,3 +836,55 @@ def test_torch_failing_at_any_install_step_leaves_the_module_exactly_as_it_was(
     assert caught.value is error
     assert_same_deep_snapshot(before, deep_snapshot(net, x))
     assert prune.is_pruned(net) == (state != "fresh")
+
+
+# --------------------------------------------------------------------------
+# jaxprune's own install of a first mask leaves torch's state
+# --------------------------------------------------------------------------
+
+
+def _state_of(net: torch.nn.Module) -> list[Any]:
+    """Everything a pruned module exposes, in order, with tensors as lists."""
+    out: list[Any] = []
+    for name, sub in net.named_modules():
+        out.append((name, list(sub._parameters), list(sub._buffers), sorted(sub._non_persistent_buffers_set),
+                    [(type(h).__name__, getattr(h, "_tensor_name", None)) for h in sub._forward_pre_hooks.values()],
+                    sorted(k for k in vars(sub) if not k.startswith("_"))))
+        for key in ("weight", "weight_orig", "weight_mask"):
+            value = getattr(sub, key, None)
+            if isinstance(value, torch.Tensor):
+                out.append((name, key, type(value).__name__, value.dtype, value.requires_grad,
+                            value.is_contiguous(memory_format=torch.channels_last) if value.dim() == 4 else None,
+                            value.detach().tolist()))
+    out.append([(k, v.dtype, v.tolist()) for k, v in net.state_dict().items()])
+    return out
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_first_install_leaves_the_state_torchs_custom_from_mask_leaves(channels_last):
+    """Parameters, buffers (order, dtype, memory format), hooks, plain
+    attributes, state_dict, forward and backward, prune.remove, deepcopy: the
+    same as torch's custom_from_mask with the same mask."""
+    ours, theirs = small_cnn(), small_cnn()
+    if channels_last:
+        ours, theirs = ours.to(memory_format=torch.channels_last), theirs.to(memory_format=torch.channels_last)
+    masks = interop.compute_module_masks(None, ours, {"0.weight": jp.L1Unstructured(0.5),
+                                                      "4.weight": jp.LnStructured(0.5, 2, 0)})
+    interop.prune_module(None, ours, {"0.weight": jp.L1Unstructured(0.5), "4.weight": jp.LnStructured(0.5, 2, 0)})
+    for name, mask in masks.items():
+        prune.custom_from_mask(theirs.get_submodule(name.rsplit(".", 1)[0]), "weight",
+                               torch.from_numpy(np.array(mask)))
+    assert _state_of(ours) == _state_of(theirs)
+    x = torch.randn(2, 3, 6, 6)
+    for net in (ours, theirs):
+        net(x).square().sum().backward()
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        assert torch.equal(a.grad, b.grad)
+    with pytest.raises(RuntimeError, match="deepcopy"):  # torch's own behaviour right after pruning
+        copy.deepcopy(theirs)
+    with pytest.raises(RuntimeError, match="deepcopy"):
+        copy.deepcopy(ours)
+    for net in (ours, theirs):
+        for sub in (net[0], net[4]):
+            prune.remove(sub, "weight")
+    assert _state_of(ours) == _state_of(theirs)

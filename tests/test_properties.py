@@ -819,8 +819,38 @@ EAGER_METHODS = ("l1", "unstructured_mask", "random_unstructured", "ln", "random
 @pytest.mark.parametrize("with_dm", [False, True], ids=["nodm", "dm"])
 @pytest.mark.parametrize("method", EAGER_METHODS)
 def test_eager_calls_do_not_recompile_across_amounts(method, with_dm):
-    """Eager calls with new Python amounts (or new default-mask values) trace nothing new."""
+    """Eager calls through the compiled kernels (the path of accelerator and
+    sharded arrays) with new Python amounts (or new default-mask values) trace
+    nothing new."""
+    with _selection.forced(host=False):
+        _check_no_retrace(_method_calls()[method], with_dm)
+
+
+@pytest.mark.parametrize("with_dm", [False, True], ids=["nodm", "dm"])
+@pytest.mark.parametrize("method", EAGER_METHODS)
+def test_eager_calls_on_the_host_trace_nothing(method, with_dm):
+    """Concrete CPU inputs take the NumPy path: no shape, amount or mask traces a kernel."""
     call = _method_calls()[method]
+    if method == "global":  # (slicing t[0] there would trace a kernel of the test's own)
+        call = lambda t, a, dm: jp.global_unstructured({"w": t, "v": t}, a,  # noqa: E731
+                                                       default_masks=None if dm is None else {"w": dm, "v": dm})
+    inputs = []
+    for i, shape in enumerate([(6, 33), (5, 7), (3, 4, 5)]):
+        t = jax.device_put(tie_heavy(shape, np.random.default_rng(i)))  # (jnp.asarray traces a copy kernel)
+        dm = jax.device_put(random_mask(shape, np.random.default_rng(i), 0.2)) if with_dm else None
+        inputs.append((t, dm))
+    key_of(0)
+    with counting_traces() as traces:
+        for t, dm in inputs:
+            for a in (0.3, 0.7, 2):
+                jax.block_until_ready(call(t, a, dm))
+    assert traces == []
+    with _selection.forced(host=False), counting_traces() as traces:  # guard: the counter sees kernels
+        jax.block_until_ready(kernel_call_with_new_shape(call, with_dm))
+    assert traces
+
+
+def _check_no_retrace(call, with_dm):
     t = jnp.asarray(tie_heavy((6, 33), np.random.default_rng(0)))
     masks = [random_mask((6, 33), np.random.default_rng(i), 0.2) for i in range(3)]
     for m in masks:

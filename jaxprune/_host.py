@@ -1,0 +1,219 @@
+"""Eager masks on the host: the same selections in NumPy, with nothing to compile.
+
+A jitted kernel is compiled once per input shape, which costs 0.2-2 s on a
+CPU. That is nothing inside a training step that runs thousands of times, and
+everything when a model is pruned once, leaf by leaf (a model has tens of
+distinct shapes). So concrete inputs that live in host memory (NumPy arrays,
+torch CPU tensors read through NumPy, jax arrays on one CPU device) take this
+path instead; traced, sharded and accelerator arrays keep the XLA kernels.
+
+The contract is the kernels' contract, bit for bit: the same sort keys (up to
+an order-preserving relabelling), the same ``k``, ties cut by position (lower
+flat index first, leaves in their given order), NaN ranked above ``+inf``; the
+same uniform draws (jax's partitionable threefry, computed here in NumPy); so
+the same masks. One difference is deliberate: slice norms are summed in
+float64 here (XLA sums in the tensor's precision), so two slices whose norms
+agree to float32 precision may rank the other way round than under ``jit``.
+
+The selection is ``np.partition`` (introselect, linear time) on the keys: on
+a 2-core machine it finds the cut of 16.8M magnitudes about 8x faster than
+torch's ``topk`` (benchmarks/bench_models.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import jax
+import numpy as np
+
+# --------------------------------------------------------------------------
+# Sort keys (the same order as jaxprune._selection.sort_keys / magnitude_keys)
+# --------------------------------------------------------------------------
+
+
+def _float_bits(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """The raw bits of a float array as unsigned ints, and its bit width."""
+    width = x.dtype.itemsize * 8
+    return x.view(np.dtype(f"uint{width}")), width
+
+
+def magnitude_keys(x: np.ndarray, dtype: np.dtype | None = None) -> np.ndarray:
+    """Unsigned keys ordered as ``|x|`` (NaN above ``+inf``, all NaN equal),
+    read from the bit pattern: no float arithmetic, so subnormals keep their
+    order (a float comparison under flush-to-zero would tie them with 0).
+    ``dtype`` puts leaves of several dtypes on one scale, as in the kernels."""
+    if dtype is not None and np.dtype(dtype) != x.dtype:
+        x = x.astype(dtype)  # exact: magnitude_dtype only picks a dtype that holds every value
+    if x.dtype.kind in "iu":
+        width = x.dtype.itemsize * 8
+        u = x.view(np.dtype(f"uint{width}"))
+        if x.dtype.kind == "i":
+            u = np.where(x < 0, (~u) + np.array(1, u.dtype), u)  # |INT_MIN| in the unsigned type
+        return u.astype(np.uint64 if width == 64 else np.uint32)
+    bits, width = _float_bits(x)
+    udt = np.dtype(np.uint64 if width == 64 else np.uint32)
+    mag = (bits & np.array((1 << (width - 1)) - 1, bits.dtype)).astype(udt)
+    nan = np.isnan(x)
+    if nan.any():
+        mag[nan] = np.iinfo(udt).max
+    return mag
+
+
+def sort_keys(x: np.ndarray) -> np.ndarray:
+    """Unsigned keys ordered as the signed scores ``x`` (``-0.0`` ties with
+    ``+0.0``, NaN above ``+inf``, all NaN equal)."""
+    width = x.dtype.itemsize * 8
+    udt = np.dtype(np.uint64 if width == 64 else np.uint32)
+    if x.dtype.kind == "u":
+        return x.astype(udt)
+    if x.dtype.kind == "i":
+        sign = np.array(1 << (udt.itemsize * 8 - 1), udt)
+        signed = x.astype(np.int64 if width == 64 else np.int32)
+        return signed.view(udt) ^ sign
+    bits, width = _float_bits(x)
+    sign = np.array(1 << (width - 1), bits.dtype)
+    bits = np.where(bits == sign, np.zeros((), bits.dtype), bits)  # -0.0 -> +0.0, on the bits
+    keys = np.where(bits >= sign, ~bits, bits | sign).astype(udt)
+    if udt.itemsize * 8 != width:  # a narrow float: spread its keys over the wide scale, order kept
+        keys <<= np.array(udt.itemsize * 8 - width, udt)
+    nan = np.isnan(x)
+    if nan.any():
+        keys[nan] = np.iinfo(udt).max
+    return keys
+
+
+# --------------------------------------------------------------------------
+# Exact selection of the k lowest keys
+# --------------------------------------------------------------------------
+
+
+def select_lowest(keys: Sequence[np.ndarray], candidates: Sequence[np.ndarray | None], k: int) -> list[np.ndarray]:
+    """Bool arrays (each of its keys' shape): the ``k`` candidates of lowest
+    key over all arrays, ties cut by position (earlier array, then lower flat
+    index). ``candidates[i]`` (bool, or None = all) limits which entries count."""
+    flat = [key.reshape(-1) for key in keys]
+    cands = [None if c is None else c.reshape(-1) for c in candidates]
+    out = [np.zeros(key.shape, bool) for key in keys]
+    live = [f if c is None else f[c] for f, c in zip(flat, cands)]
+    total = sum(v.size for v in live)
+    if k <= 0:
+        return out
+    if k >= total:
+        return [np.ones(key.shape, bool) if c is None else c.reshape(key.shape).copy()
+                for key, c in zip(keys, cands)]
+    pool = live[0] if len(live) == 1 else np.concatenate(live)
+    threshold = np.partition(pool, k - 1)[k - 1]
+    del pool
+    below = [np.less(f, threshold) for f in flat]
+    ties = [np.equal(f, threshold) for f in flat]
+    for b, t, c in zip(below, ties, cands):
+        if c is not None:
+            b &= c
+            t &= c
+    left = k - sum(int(np.count_nonzero(b)) for b in below)
+    for o, b, t in zip(out, below, ties):
+        flat_out = o.reshape(-1)
+        np.copyto(flat_out, b)
+        if left > 0:
+            where = np.flatnonzero(t)[:left]
+            flat_out[where] = True
+            left -= where.size
+    return out
+
+
+# --------------------------------------------------------------------------
+# jax's uniform uint32 draws, in NumPy
+# --------------------------------------------------------------------------
+
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_CHUNK = 1 << 16  # entries per block: the rounds' temporaries stay in cache
+
+
+def threefry_key(key: object) -> tuple[int, int] | None:
+    """The two key words of a threefry key whose draws this module reproduces
+    (jax's partitionable threefry, the default since jax 0.5), else None."""
+    if not jax.config.jax_threefry_partitionable:  # pyright: ignore[reportAttributeAccessIssue]
+        return None
+    return threefry_words(key)
+
+
+def threefry_words(key: object) -> tuple[int, int] | None:
+    """The two words of a concrete threefry key (typed or legacy ``uint32[2]``), else None."""
+    if isinstance(key, jax.core.Tracer):  # pyright: ignore[reportAttributeAccessIssue]
+        return None
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):  # pyright: ignore[reportAttributeAccessIssue]
+        impl = str(jax.random.key_impl(key))  # pyright: ignore[reportArgumentType]
+        if "threefry2x32" not in impl:
+            return None
+        data = np.asarray(jax.random.key_data(key))  # pyright: ignore[reportArgumentType]
+    else:
+        if "threefry" not in str(jax.config.jax_default_prng_impl):  # pyright: ignore[reportAttributeAccessIssue]
+            return None
+        data = np.asarray(key)
+    words = data.reshape(-1)
+    return int(words[0]), int(words[1])
+
+
+def fold_in(key: tuple[int, int], data: int) -> tuple[int, int]:
+    """``jax.random.fold_in``'s new key words for a threefry key: threefry-2x32
+    of the pair ``(0, data)`` (``data`` a uint32)."""
+    x0, x1 = _threefry2x32(key, np.zeros(1, np.uint32), np.array([data], np.uint32))
+    return int(x0[0]), int(x1[0])
+
+
+def random_bits(key: tuple[int, int], n: int) -> np.ndarray:
+    """``jax.random.bits(key, (n,), jnp.uint32)`` for a threefry key, bit for bit:
+    entry ``i`` is the xor of the two words of threefry-2x32 of the counter ``i``."""
+    out = np.empty(n, np.uint32)
+    for start in range(0, n, _CHUNK):
+        counter = np.arange(start, min(n, start + _CHUNK), dtype=np.uint64)
+        x0, x1 = _threefry2x32(key, (counter >> np.uint64(32)).astype(np.uint32), counter.astype(np.uint32))
+        np.bitwise_xor(x0, x1, out=out[start:start + counter.size])
+    return out
+
+
+def _threefry2x32(key: tuple[int, int], x0: np.ndarray, x1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Threefry-2x32 (20 rounds) of the word pairs ``(x0, x1)`` under ``key``, in place."""
+    ks = (np.uint32(key[0]), np.uint32(key[1]), np.uint32(key[0] ^ key[1] ^ 0x1BD11BDA))
+    tmp = np.empty_like(x1)
+    x0 += ks[0]
+    x1 += ks[1]
+    for block in range(5):
+        for r in _ROTATIONS[block % 2]:
+            x0 += x1
+            np.right_shift(x1, np.uint32(32 - r), out=tmp)
+            np.left_shift(x1, np.uint32(r), out=x1)
+            x1 |= tmp
+            x1 ^= x0
+        x0 += ks[(block + 1) % 3]
+        x1 += ks[(block + 2) % 3] + np.uint32(block + 1)
+    return x0, x1
+
+
+# --------------------------------------------------------------------------
+# Slice norms
+# --------------------------------------------------------------------------
+
+
+def slice_norms(t: np.ndarray, n: float | Literal["fro", "nuc"], dim: int) -> np.ndarray:
+    """torch's ``_compute_norm`` of each slice along ``dim``, in float64."""
+    if n == "nuc":
+        mats = np.moveaxis(t.astype(np.float64), dim, 0)
+        return np.linalg.svd(mats, compute_uv=False).sum(axis=-1)
+    others = tuple(d for d in range(t.ndim) if d != dim)
+    a = np.abs(t.astype(np.float64))  # float64 holds every float32 value exactly, subnormals included
+    if n == math.inf:
+        return a.max(axis=others, initial=0.0)
+    if n == -math.inf:
+        return a.min(axis=others, initial=math.inf)
+    if n == "fro" or n == 2.0:
+        return np.sqrt((a * a).sum(axis=others))
+    if n == 0.0:
+        return np.count_nonzero(a, axis=others).astype(np.float64)
+    if n == 1.0:
+        return a.sum(axis=others)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        return np.sum(a**n, axis=others) ** (1.0 / n)
