@@ -45,14 +45,16 @@ def magnitude_keys(x: np.ndarray, dtype: np.dtype | None = None) -> np.ndarray:
     read from the bit pattern: no float arithmetic, so subnormals keep their
     order (a float comparison under flush-to-zero would tie them with 0).
     ``dtype`` puts leaves of several dtypes on one scale, as in the kernels."""
-    if dtype is not None and np.dtype(dtype) != x.dtype:
-        x = x.astype(dtype)  # exact: magnitude_dtype only picks a dtype that holds every value
     if x.dtype.kind in "iu":
         width = x.dtype.itemsize * 8
         u = x.view(np.dtype(f"uint{width}"))
         if x.dtype.kind == "i":
             u = np.where(x < 0, (~u) + np.array(1, u.dtype), u)  # |INT_MIN| in the unsigned type
+        if dtype is not None and np.dtype(dtype) != u.dtype:
+            return magnitude_keys(u.astype(dtype))  # exact: magnitude_dtype picks a dtype that holds them all
         return u.astype(np.uint64 if width == 64 else np.uint32)
+    if dtype is not None and np.dtype(dtype) != x.dtype:
+        x = x.astype(dtype)  # exact, as above
     bits, width = _float_bits(x)
     udt = np.dtype(np.uint64 if width == 64 else np.uint32)
     mag = (bits & np.array((1 << (width - 1)) - 1, bits.dtype)).astype(udt)

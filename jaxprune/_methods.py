@@ -25,7 +25,7 @@ from jax import lax
 from . import _host
 from ._amounts import CheckedAmount, Count, as_count, check_amount, count_true, host_count, is_traced, prune_count
 from ._errors import NormOrderError, PruningShapeError
-from ._selection import like, magnitude_keys, select_lowest, settings, sort_keys
+from ._selection import like, magnitude_bits, magnitude_keys, select_lowest, settings, sort_keys
 from ._typing import Amount, Array, ArrayLike, NormOrder, PRNGKey
 
 _T = TypeVar("_T", Array, np.ndarray)
@@ -262,7 +262,8 @@ def on_host(*values: object) -> bool:
             devices = x.sharding.device_set
             if len(devices) != 1 or next(iter(devices)).platform != "cpu":
                 return False
-        total += math.prod(np.shape(x))  # type: ignore[arg-type]
+        shape = np.shape(x)  # type: ignore[arg-type]
+        total += math.prod(shape) if shape else 0  # (amounts are no values)
     return total <= config.host_max
 
 
@@ -605,24 +606,23 @@ def _slice_norms(t: Array, n: float | Literal["fro", "nuc"], dim: int) -> Array:
     if n == "fro" or n == 2.0:
         return jnp.sqrt(jnp.sum(a * a, axis=others))
     if n in (math.inf, -math.inf):
-        return _extreme_magnitude(a, others, largest=n == math.inf)
-    if n == 0.0:
-        return jnp.sum(a != 0, axis=others).astype(t.dtype)
+        return _extreme_magnitude(t, others, largest=n == math.inf)
+    if n == 0.0:  # nonzeros, counted on the bits (a float compare sees subnormals as 0 on XLA:CPU)
+        return jnp.sum(magnitude_bits(t) != 0, axis=others).astype(t.dtype)
     if n == 1.0:
         return jnp.sum(a, axis=others)
     return jnp.sum(a**n, axis=others) ** (1.0 / n)
 
 
-def _extreme_magnitude(a: Array, axes: tuple[int, ...], largest: bool) -> Array:
-    """The largest (smallest) of the magnitudes ``a`` over ``axes``, NaN if any
-    is NaN. Compared as bits: XLA:CPU's float max/min see subnormals as 0."""
-    udt = jnp.uint64 if a.dtype.itemsize == 8 else jnp.uint32
-    bits = lax.bitcast_convert_type(a, udt)  # non-negative floats: the bits order as the values
+def _extreme_magnitude(t: Array, axes: tuple[int, ...], largest: bool) -> Array:
+    """The largest (smallest) of the magnitudes ``|t|`` over ``axes``, NaN if
+    any is NaN. Compared as bits: XLA:CPU's float max/min see subnormals as 0."""
+    bits = magnitude_bits(t)
     if largest:  # NaN bits lie above +inf's, so a NaN wins
-        return lax.bitcast_convert_type(jnp.max(bits, axis=axes, initial=0), a.dtype)
-    inf_bits = lax.bitcast_convert_type(jnp.array(math.inf, a.dtype), udt)
-    low = lax.bitcast_convert_type(jnp.min(bits, axis=axes, initial=inf_bits), a.dtype)
-    return jnp.where(jnp.any(jnp.isnan(a), axis=axes), jnp.array(math.nan, a.dtype), low)
+        return lax.bitcast_convert_type(jnp.max(bits, axis=axes, initial=0), t.dtype)
+    inf_bits = magnitude_bits(jnp.array(math.inf, t.dtype))
+    low = lax.bitcast_convert_type(jnp.min(bits, axis=axes, initial=inf_bits), t.dtype)
+    return jnp.where(jnp.any(jnp.isnan(t), axis=axes), jnp.array(math.nan, t.dtype), low)
 
 
 def ln_structured(

@@ -199,8 +199,20 @@ def magnitude_keys(x: Array, dtype: np.dtype | None = None) -> Array:
         u = x.astype(udt)
         magnitude = jnp.where(x < 0, np.array(0, udt) - u, u) if jnp.issubdtype(x.dtype, jnp.signedinteger) else u
         return sort_keys(magnitude if dtype is None else magnitude.astype(dtype))
-    # jnp.abs clears the sign bit (no flush to zero), and sort_keys reads bits.
-    return sort_keys(jnp.abs(x if dtype is None else x.astype(dtype)))
+    x = x if dtype is None else x.astype(dtype)
+    fdt = np.float64 if np.dtype(x.dtype).itemsize == 8 else np.float32
+    bits = magnitude_bits(x.astype(fdt))  # exact: conversions keep subnormals
+    sign = np.array(1 << (bits.dtype.itemsize * 8 - 1), bits.dtype)
+    return jnp.where(jnp.isnan(x), np.array(np.iinfo(bits.dtype).max, bits.dtype), bits | sign)
+
+
+def magnitude_bits(x: Array) -> Array:
+    """The bits of ``|x|`` for a float ``x`` (32 or 64 bits), as unsigned ints
+    ordered as the magnitudes (NaN above inf). Integer operations only: on
+    XLA:CPU, ``jnp.abs`` or a compare fused with the bitcast may see
+    subnormals as zero (flush-to-zero)."""
+    udt = key_dtype(x.dtype)
+    return lax.bitcast_convert_type(x, udt) & np.array((1 << (udt.itemsize * 8 - 1)) - 1, udt)
 
 
 def magnitude_dtype(dtypes: Sequence[np.dtype]) -> np.dtype | None:

@@ -27,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import jaxprune as jp
+from jaxprune import _selection as jp_selection
 
 from conftest import torch_available
 
@@ -39,6 +40,10 @@ def _inputs() -> dict[str, np.ndarray]:
         "q": (np.round(w * 2) / 2).astype(np.float32),  # dyadic, many ties
         "conv": rng.standard_normal((64, 32, 3, 3)).astype(np.float32),
         "bias": rng.standard_normal((384,)).astype(np.float32),
+        # subnormals (which XLA:CPU's float compares flush to 0), zeros of both signs, normals
+        "tiny": (rng.standard_normal((48, 40)) * np.where(rng.random((48, 40)) < 0.7, 1e-39, 1.0)
+                 * (rng.random((48, 40)) > 0.2)).astype(np.float32) * np.where(rng.random((48, 40)) < 0.5, -1, 1),
+        "tiny-nonzero": (rng.standard_normal((40, 48)) * 1e-39).astype(np.float32),
     }
 
 
@@ -59,6 +64,10 @@ CASES: dict[str, Callable[[dict], object]] = {
     "global-l1": lambda x: jp.global_unstructured({"w": x["w"], "conv": x["conv"], "b": x["bias"]}, 0.4),
     "global-random": lambda x: jp.global_unstructured(
         {"w": x["w"], "conv": x["conv"]}, 0.4, method="random", key=_key(2)),
+    "l1-subnormal": lambda x: jp.l1_unstructured(x["tiny"], 0.4),
+    "ln-inf-subnormal": lambda x: jp.ln_structured(x["tiny"], 0.5, float("inf"), dim=0),
+    "ln-ninf-subnormal": lambda x: jp.ln_structured(x["tiny-nonzero"], 0.5, -float("inf"), dim=1),
+    "global-subnormal": lambda x: jp.global_unstructured({"tiny": x["tiny"], "b": x["bias"]}, 0.3),
     "prune-tree": lambda x: jp.prune_tree(
         _key(3),
         {"dense": {"kernel": x["w"], "bias": x["bias"]}, "conv": {"kernel": x["conv"]}, "tied": x["q"]},
@@ -79,6 +88,10 @@ GOLDEN = {
     "ln-structured-inf": "24bf3c115cc26b124f1fdab0c5d526a0f5b2393d6b00e5270a226e56ff0f5ad5",
     "global-l1": "302fb1039f4b4eed59be5e29fa7148f3c12141e740d3557cd33eae8093c3b682",
     "global-random": "d3f12d751aa8bd6784faaa6a7594d968e7d2283cb944570b1b5cd9079ed047fd",
+    "l1-subnormal": "f1bb47ae2840a0c429dfc6b5b4f950e3af89d4d54da181d45134bbb0e9f99af2",
+    "ln-inf-subnormal": "8b1f867fd7f955524dd9cf4491a568a251e46d1379c9524ed05ef18fa511e8d8",
+    "ln-ninf-subnormal": "9ce92b5e8b75bed37c9cb49dcfd02b43a5e51f887f6d8493fa744bb3d3de9e6e",
+    "global-subnormal": "8397ab598375126ea8a369d285b83c58f850d036e77f61477f52ded8725de29c",
     "prune-tree": "cfd28b56099d94ae37301c69c594b1221847105c91e8c096b5b1595e4738a42d",
 }
 
@@ -102,6 +115,14 @@ def _as_jax(x: dict[str, np.ndarray]) -> dict[str, jax.Array]:
 def test_golden_digest_on_this_backend(name):
     """Same bits on every machine, backend and jax version this has run on."""
     assert digest(CASES[name](_as_jax(_inputs()))) == GOLDEN[name], jax.default_backend()
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_golden_digest_of_the_compiled_path(name):
+    """Eager calls on CPU arrays run in NumPy (jaxprune/_host.py); the
+    compiled kernels, which accelerators and sharded arrays use, give the same bits."""
+    with jp_selection.forced(host=False):
+        assert digest(CASES[name](_as_jax(_inputs()))) == GOLDEN[name]
 
 
 @pytest.mark.parametrize("name", CASES)

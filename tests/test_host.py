@@ -1,0 +1,231 @@
+"""The NumPy path (jaxprune/_host.py): eager calls on host arrays compile
+nothing and give the compiled kernels' masks, bit for bit."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxprune as jp
+from jaxprune import _host
+from jaxprune._selection import forced
+from jaxprune._trees import leaf_key
+
+from test_properties import counting_traces
+
+
+def _both(call):
+    """(NumPy path result, compiled path result) as NumPy arrays (trees flattened)."""
+    host = jax.tree.leaves(call())
+    with forced(host=False):
+        compiled = jax.tree.leaves(call())
+    return [np.asarray(h) for h in host], [np.asarray(c) for c in compiled]
+
+
+def assert_same_masks(call):
+    host, compiled = _both(call)
+    assert len(host) == len(compiled)
+    for h, c in zip(host, compiled):
+        assert h.dtype == c.dtype == np.bool_ and h.shape == c.shape
+        np.testing.assert_array_equal(h, c)
+
+
+# --------------------------------------------------------------------------
+# jax's draws and key derivation, in NumPy
+# --------------------------------------------------------------------------
+
+KEYS = [jax.random.key(0), jax.random.key(2**31 - 1), jax.random.PRNGKey(12345), jax.random.key(7)]
+
+
+@pytest.mark.parametrize("key", KEYS, ids=["key0", "key-big", "legacy", "key7"])
+@pytest.mark.parametrize("n", [0, 1, 5, 65535, 65536, 65537, 200_001])
+def test_random_bits_are_jaxs(key, n):
+    words = _host.threefry_key(key)
+    assert words is not None
+    np.testing.assert_array_equal(_host.random_bits(words, n), np.asarray(jax.random.bits(key, (n,), jnp.uint32)))
+
+
+@pytest.mark.parametrize("key", KEYS, ids=["key0", "key-big", "legacy", "key7"])
+@pytest.mark.parametrize("data", [0, 1, 2**31, 2**32 - 1, 0x9E3779B9])
+def test_fold_in_is_jaxs(key, data):
+    words = _host.threefry_words(key)
+    assert words is not None
+    ref = jax.random.fold_in(key, data)
+    ref_words = jax.random.key_data(ref) if jax.dtypes.issubdtype(ref.dtype, jax.dtypes.prng_key) else ref
+    assert _host.fold_in(words, data) == tuple(int(w) for w in np.asarray(ref_words))
+
+
+def test_leaf_keys_keep_their_type_and_bits():
+    for key in KEYS:
+        for path in ["", "a.kernel", "layers.10.mlp.weight", "ünïcode"]:
+            got = leaf_key(key, path)
+            assert got.dtype == key.dtype and got.shape == key.shape
+            data = got if got.dtype == jnp.uint32 else jax.random.key_data(got)
+            import hashlib
+            folded = jax.random.fold_in(key, int.from_bytes(hashlib.blake2b(path.encode(), digest_size=4).digest(),
+                                                             "little"))
+            ref = folded if folded.dtype == jnp.uint32 else jax.random.key_data(folded)
+            np.testing.assert_array_equal(np.asarray(data), np.asarray(ref))
+
+
+def test_keys_numpy_cannot_reproduce_take_the_compiled_path():
+    key = jax.random.key(0, impl="rbg")
+    assert _host.threefry_key(key) is None
+    t = np.ones((6, 7), np.float32)
+    assert_same_masks(lambda: jp.random_unstructured(key, t, 0.4))
+    assert_same_masks(lambda: jp.random_structured(key, t, 0.5, dim=1))
+    assert_same_masks(lambda: jp.global_unstructured({"a": t, "b": t[0]}, 0.3, method="random", key=key))
+
+
+# --------------------------------------------------------------------------
+# The same masks as the compiled kernels
+# --------------------------------------------------------------------------
+
+DTYPES = [np.float32, jnp.bfloat16, np.float16, np.int8, np.int32, np.uint8]
+
+
+def _values(shape, dtype, seed):
+    rng = np.random.default_rng(seed)
+    if np.dtype(dtype).kind in "iu":
+        info = np.iinfo(dtype)
+        x = rng.integers(info.min, int(info.max) + 1, size=shape)
+        x.flat[: x.size // 4] = rng.integers(-2, 3, size=x.size // 4).clip(info.min)  # ties
+        return x.astype(dtype)
+    x = rng.standard_normal(shape) * np.where(rng.random(shape) < 0.3, 1e-39, 1.0)
+    x = np.where(rng.random(shape) < 0.2, np.round(x), x)  # ties, zeros
+    flat = x.reshape(-1)
+    specials = [np.nan, np.inf, -np.inf, -0.0, 0.0, np.nan]
+    flat[: len(specials)] = specials[: flat.size]
+    return rng.permutation(flat).reshape(shape).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", [(1,), (7,), (9, 13), (4, 3, 5), (64, 33)])
+def test_unstructured_methods_match_the_kernels(dtype, shape):
+    t = _values(shape, dtype, 1)
+    dm = np.random.default_rng(2).random(shape) > 0.3
+    dm.flat[-1] = True  # a candidate left for amount=1
+    key = jax.random.key(5)
+    for amount in (0, 1, 0.37, 0.5, 1.0):
+        assert_same_masks(lambda: jp.l1_unstructured(t, amount))
+        assert_same_masks(lambda: jp.l1_unstructured(t, amount, default_mask=dm))
+        assert_same_masks(lambda: jp.unstructured_mask(t, amount, default_mask=dm))
+        assert_same_masks(lambda: jp.random_unstructured(key, t, amount, default_mask=dm))
+        assert_same_masks(lambda: jp.l1_unstructured(t, amount, importance_scores=_values(shape, dtype, 3)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape,dim", [((9, 13), 0), ((9, 13), 1), ((4, 3, 5), 1), ((6, 2, 3, 3), 0)])
+def test_structured_methods_match_the_kernels(dtype, shape, dim):
+    t = _values(shape, dtype, 4)
+    dm = np.random.default_rng(5).random(shape) > 0.1
+    dm[tuple(slice(0, 1) if d == dim else slice(None) for d in range(len(shape)))] = False  # a slice pruned before
+    key = jax.random.key(6)
+    for amount in (0, 1, 0.5, 1.0):
+        assert_same_masks(lambda: jp.random_structured(key, t, amount, dim, default_mask=dm))
+        for n in (math.inf, -math.inf, 0):  # exact norms: both paths rank the same values
+            assert_same_masks(lambda: jp.ln_structured(t, amount, n, dim, default_mask=dm))
+        scores = _values((shape[dim],), dtype, 7)
+        assert_same_masks(lambda: jp.structured_mask(scores, shape, amount, dim, default_mask=dm))
+
+
+def test_dyadic_norms_match_the_kernels():
+    """n=1 and n=2 norms of dyadic values are exact sums on both paths."""
+    t = (np.random.default_rng(8).integers(-8, 9, size=(32, 20)) / 4).astype(np.float32)
+    for n in (1, 2, "fro"):
+        for dim in (0, 1):
+            assert_same_masks(lambda: jp.ln_structured(t, 0.4, n, dim))
+
+
+@pytest.mark.parametrize("method", ["l1", "random"])
+def test_global_masks_match_the_kernels(method):
+    rng = np.random.default_rng(9)
+    tree = {"a": _values((30, 20), np.float32, 10), "b": _values((7,), np.float32, 11),
+            "c": _values((4, 5, 3), jnp.bfloat16, 12), "d": _values((9, 9), np.float16, 13)}
+    if method == "l1":
+        tree["e"] = _values((3, 3), np.int8, 14)
+    dms = {k: rng.random(np.shape(v)) > 0.2 for k, v in tree.items()}
+    key = jax.random.key(15) if method == "random" else None
+    for amount in (0, 5, 0.3, 0.99, 1.0):
+        assert_same_masks(lambda: jp.global_unstructured(tree, amount, method=method, key=key))
+        assert_same_masks(lambda: jp.global_unstructured(tree, amount, method=method, key=key, default_masks=dms))
+
+
+# --------------------------------------------------------------------------
+# Subnormals rank by their bits
+# --------------------------------------------------------------------------
+
+
+def test_subnormals_are_not_zero():
+    """XLA:CPU compares floats with subnormals flushed to zero; ranks are read from the bits."""
+    t = jnp.array([1e-40, 0.0, 1.0, 2e-40])
+    expected = [True, False, True, True]  # torch prunes the 0, the smallest magnitude
+    assert np.asarray(jp.l1_unstructured(t, 1)).tolist() == expected
+    with forced(host=False):
+        assert np.asarray(jp.l1_unstructured(t, 1)).tolist() == expected
+    assert np.asarray(jax.jit(jp.l1_unstructured, static_argnums=1)(t, 1)).tolist() == expected
+    neg = jnp.array([-1e-40, -0.0, 0.0, -2e-40])  # -0.0 ties with +0.0: the lower index goes first
+    assert np.asarray(jp.l1_unstructured(neg, 2)).tolist() == [True, False, False, True]
+    with forced(host=False):
+        assert np.asarray(jp.l1_unstructured(neg, 2)).tolist() == [True, False, False, True]
+
+
+def test_subnormal_norms_rank_as_torchs():
+    torch = pytest.importorskip("torch")
+    import torch.nn.utils.prune as prune
+
+    t = np.array([[1e-40, 0.0], [0.0, 0.0], [3e-40, 0.0], [0.0, 2e-40]], np.float32)
+    for n in (math.inf, 1, 2):
+        theirs = prune.LnStructured(2, n=n, dim=0).compute_mask(torch.from_numpy(t), torch.ones(4, 2))
+        assert np.asarray(jp.ln_structured(t, 2, n, 0)).tolist() == theirs.bool().tolist(), n
+    with forced(host=False):  # the kernels: inf reads bits; sums of subnormals flush on XLA:CPU
+        assert np.asarray(jp.ln_structured(t, 2, math.inf, 0)).tolist() == [[False, False], [False, False],
+                                                                            [True, True], [True, True]]
+
+
+# --------------------------------------------------------------------------
+# When the NumPy path runs
+# --------------------------------------------------------------------------
+
+
+def test_inputs_above_host_max_take_the_kernels():
+    t = jax.device_put(np.arange(12, dtype=np.float32))
+    jp.l1_unstructured(t, 0.5)
+    with forced(host_max=12), counting_traces() as traces:
+        jp.l1_unstructured(t, 0.5)
+    assert traces == []
+    with forced(host_max=11), counting_traces() as traces:
+        jp.l1_unstructured(t, 0.5)
+    assert traces
+
+
+def test_traced_inputs_take_the_kernels():
+    t = np.arange(10, dtype=np.float32)
+    out = jax.jit(lambda x: jp.l1_unstructured(x, 3))(t)
+    assert np.asarray(out).tolist() == [False] * 3 + [True] * 7
+
+
+def test_a_committed_input_gets_a_committed_result_on_its_device():
+    device = jax.devices()[-1]
+    t = jax.device_put(np.arange(10, dtype=np.float32), device)
+    assert t.committed
+    for mask in (jp.l1_unstructured(t, 3), jp.random_unstructured(jax.random.key(0), t, 3), jp.identity(t),
+                 jp.global_unstructured({"t": t}, 3)["t"]):
+        assert mask.committed and mask.devices() == {device}
+    loose = jp.l1_unstructured(np.arange(10, dtype=np.float32), 3)
+    assert not loose.committed
+
+
+def test_the_host_path_does_not_change_its_inputs():
+    t = _values((20, 10), np.float32, 20)
+    dm = np.random.default_rng(21).random((20, 10)) > 0.5
+    before = t.copy(), dm.copy()
+    jp.l1_unstructured(t, 0.5, default_mask=dm)
+    jp.ln_structured(t, 0.5, 2, 0, default_mask=dm)
+    jp.global_unstructured({"t": t}, 0.5, default_masks={"t": dm})
+    np.testing.assert_array_equal(t, before[0])
+    np.testing.assert_array_equal(dm, before[1])
