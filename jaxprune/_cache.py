@@ -27,6 +27,7 @@ import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache as jax_cache
@@ -34,14 +35,16 @@ from jax.experimental.compilation_cache import compilation_cache as jax_cache
 ENV_DIR = "JAXPRUNE_CACHE_DIR"
 
 # jax writes only executables that took longer than this to compile (its
-# default is 1 s). Most of jaxprune's kernels compile in 0.05-1 s, so with
-# jax's default most are compiled again in every process; below 0.1 s a cache
-# read saves little and the folder would fill with jax's small eager kernels.
-MIN_COMPILE_TIME_S = 0.1
+# default is 1 s). Most of jaxprune's kernels compile in less than 1 s, and the
+# command line also compiles dozens of small eager operations: with jax's
+# default they were compiled again in every process. Keeping them all made a
+# second `jaxprune prune` run faster than a 0.1 s threshold did, for a folder
+# of a few hundred kilobytes.
+MIN_COMPILE_TIME_S = 0.0
 
 # jax warns once per cache entry it cannot read or write (a full disk, a damaged
-# file); in the folder jaxprune chose, a failed write only means a later run
-# compiles again, so those warnings are dropped rather than repeated per kernel.
+# file); in the folder jaxprune chose, a failed write or read only means a
+# compilation, so those warnings are dropped rather than repeated per kernel.
 _JAX_ENTRY_WARNINGS = r"Error (reading|writing) persistent compilation cache entry"
 
 
@@ -64,19 +67,23 @@ def cache_folder(environ: Mapping[str, str] = os.environ) -> Path | None:
     return base.expanduser() / "jaxprune" / "xla"
 
 
+def _jax_option(name: str) -> Any:
+    return getattr(jax.config, name)  # jax.config.<option>, which the stubs lack
+
+
 def _user_configured() -> bool:
     """Whether the user already decided about jax's cache (then jaxprune leaves it alone)."""
     return (
         "JAX_COMPILATION_CACHE_DIR" in os.environ
-        or jax.config.jax_compilation_cache_dir is not None
-        or not jax.config.jax_enable_compilation_cache
+        or _jax_option("jax_compilation_cache_dir") is not None
+        or not _jax_option("jax_enable_compilation_cache")
     )
 
 
 def _threshold_is_default() -> bool:
     return (
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ
-        and jax.config.jax_persistent_cache_min_compile_time_secs == 1.0
+        and _jax_option("jax_persistent_cache_min_compile_time_secs") == 1.0
     )
 
 
@@ -107,7 +114,7 @@ def enable() -> Path | None:
         return None
     try:
         _check_writable(folder)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: a path with a NUL byte
         warnings.warn(
             f"jaxprune: compilation cache turned off, cannot write to {str(folder)!r} "
             f"({type(e).__name__}: {e}); set {ENV_DIR} to a writable folder, or to '' to turn it off",

@@ -66,7 +66,7 @@ def _entries(folder: Path) -> list[str]:
 def test_default_folder_is_in_xdg_cache_home_and_a_second_process_reads_it(tmp_path):
     folder = tmp_path / "xdg" / "jaxprune" / "xla"
     first, stderr = _run(_PRUNE, tmp_path)
-    assert first["dir"] == str(folder) and first["min_time"] == 0.1 and first["hits"] == 0
+    assert first["dir"] == str(folder) and first["min_time"] == 0.0 and first["hits"] == 0
     entries = _entries(folder)
     # The kernels of both methods are written, although they compile in less than jax's default 1 s.
     assert any(e.startswith("jit__keep_lowest_entries-") for e in entries), entries
@@ -99,6 +99,12 @@ def test_a_users_own_jax_cache_dir_is_left_alone(tmp_path, how):
         code = f"import jax; jax.config.update('jax_compilation_cache_dir', {mine!r})\n" + _PRUNE
         result, _ = _run(code, tmp_path)
     assert result["dir"] == mine and result["min_time"] == 1.0  # jax's threshold too
+    assert not (tmp_path / "xdg").exists()
+
+
+def test_jax_cache_turned_off_by_the_user_stays_off(tmp_path):
+    result, _ = _run(_PRUNE, tmp_path, JAX_ENABLE_COMPILATION_CACHE="false")
+    assert result["dir"] is None and result["min_time"] == 1.0
     assert not (tmp_path / "xdg").exists()
 
 
