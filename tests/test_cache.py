@@ -120,10 +120,14 @@ def test_an_earlier_compile_does_not_stop_the_cache(tmp_path):
     assert any(e.startswith("jit__keep_lowest_entries-") for e in _entries(tmp_path / "xdg" / "jaxprune" / "xla"))
 
 
-def test_a_folder_that_cannot_be_created_gives_one_warning_and_correct_masks(tmp_path):
+@pytest.mark.parametrize("how", ["JAXPRUNE_CACHE_DIR", "HOME"])
+def test_a_folder_that_cannot_be_created_gives_one_warning_and_correct_masks(tmp_path, how):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    result, stderr = _run(_PRUNE, tmp_path, JAXPRUNE_CACHE_DIR=str(blocker / "xla"))
+    if how == "HOME":  # an unusable home, and no XDG_CACHE_HOME: the default folder is under it
+        result, stderr = _run(_PRUNE, tmp_path, HOME=str(blocker), XDG_CACHE_HOME="")
+    else:
+        result, stderr = _run(_PRUNE, tmp_path, JAXPRUNE_CACHE_DIR=str(blocker / "xla"))
     assert result["dir"] is None
     assert stderr.count("Warning") == 1, stderr
     assert "compilation cache turned off, cannot write to" in stderr and "JAXPRUNE_CACHE_DIR" in stderr
