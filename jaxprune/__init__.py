@@ -13,6 +13,7 @@ Array([[False, False,  True,  True],
 
 from importlib import metadata as _metadata
 
+from ._cache import enable as _enable_cache
 from ._errors import KeyRequiredError as KeyRequiredError
 from ._errors import NormOrderError as NormOrderError
 from ._errors import PruningShapeError as PruningShapeError
@@ -55,6 +56,8 @@ from ._trees import global_unstructured as global_unstructured
 from ._trees import leaf_key as leaf_key
 from ._trees import path_str as path_str
 from ._trees import pruned_indices as pruned_indices
+
+_enable_cache()  # jax's persistent compilation cache in a user cache folder (see _cache.py)
 
 try:
     __version__ = _metadata.version("jaxprune")  # one source of truth: pyproject.toml
