@@ -46,8 +46,12 @@ def match_patterns(
         if not isinstance(pattern, str):
             raise TypeError(f"rule patterns must be strings, got {pattern!r}")
     chosen, won, matched = [], set(), set()
+    # A pattern without wildcards matches its own text only: a string compare,
+    # not a regex (a rule per parameter, as the torch bridge writes, is common).
+    literal = {p: not any(c in p for c in "*?[") for p in rules}
     for index, name in enumerate(names):
-        hits = [p for p in rules if fnmatch.fnmatchcase(name, p) and (eligible is None or eligible(index, p))]
+        hits = [p for p in rules if (p == name if literal[p] else fnmatch.fnmatchcase(name, p))
+                and (eligible is None or eligible(index, p))]
         matched.update(hits)
         if hits:
             won.add(hits[0])
@@ -252,7 +256,9 @@ def compute_masks(
     for a in p.singles:
         method = _with_amount(a.method, amount, [default_masks[a.index]])
         target: Any = leaves[a.index] if scores[a.index] is None else scores[a.index]
-        rng = None if key is None else leaf_key(key, a.key_name)
+        # Only a method that draws (is_random) gets a key: deriving one per leaf
+        # costs more than a small deterministic mask.
+        rng = None if key is None or not method.is_random else leaf_key(key, a.key_name)
         kwargs = {name: _extra_for(extra, name, a) for name in method.extra_args}
         masks[a.index] = method.compute_mask(rng, target, default_masks[a.index], **kwargs)
     for members in p.groups:

@@ -64,8 +64,9 @@ class PruningMethod(abc.ABC):
     * ``has_amount`` and :meth:`with_amount`: whether the method takes an
       amount (``Identity`` and ``CustomFromMask`` do not) and a copy with
       another one (a schedule sets it).
-    * ``is_random`` (needs a key) and ``key_name`` (the name the leaf's key is
-      derived from; None = the leaf's own path).
+    * ``is_random`` (needs a key: the planner passes a leaf's key only to a
+      method that declares it, others get None) and ``key_name`` (the name the
+      leaf's key is derived from; None = the leaf's own path).
     * ``extra_args``: names of per-leaf inputs ``compute_mask`` takes as
       keyword arguments besides the tensor (``"grads"`` for Taylor scores).
     * :meth:`check_leaf`: validate a leaf's shape before any tracing.
