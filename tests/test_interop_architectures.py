@@ -58,7 +58,7 @@ ATTENTION = {
     "batch-first": ({"embed_dim": 12, "num_heads": 3, "batch_first": True}, (12, 12, 12)),
     "sequence-first": ({"embed_dim": 12, "num_heads": 2, "batch_first": False}, (12, 12, 12)),
     "no-bias": ({"embed_dim": 8, "num_heads": 2, "bias": False, "batch_first": True}, (8, 8, 8)),
-    "kdim-vdim": ({"embed_dim": 8, "num_heads": 2, "kdim": 5, "vdim": 7, "batch_first": True}, (8, 5, 7)),
+    "kdim-vdim": ({"embed_dim": 8, "num_heads": 2, "kdim": 5, "vdim": 6, "batch_first": True}, (8, 5, 6)),
 }
 
 
