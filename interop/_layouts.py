@@ -258,7 +258,7 @@ def _attention(layer: Any, name: str, ndim: int) -> _Leaf | list[_Leaf] | None:
     return None
 
 
-def _attention_out(attention: Any) -> Mapper:
+def _attention_out(attention: Any) -> Callable[[Any, str, int], _Leaf | None]:
     """The mapper of a MultiheadAttention's ``out_proj``: MultiHeadDotProductAttention's
     ``out`` (kernel (heads, head_dim, E), bias (E,))."""
     def mapper(layer: Any, name: str, ndim: int) -> _Leaf | None:
@@ -325,7 +325,7 @@ def _placements(module: torch.nn.Module, names: Mapping[str, str] | None) -> dic
     table = _layer_table()
     names = _checked_names(module, names)
     out: dict[str, tuple[Placement, ...]] = {}
-    owned: dict[str, tuple[str, Mapper]] = {}  # child path -> (Flax prefix, mapper): MultiheadAttention.out_proj
+    owned: dict[str, tuple[str, Callable[[Any, str, int], Any]]] = {}  # child path -> (Flax prefix, mapper): MultiheadAttention.out_proj
     for prefix, layer in module.named_modules():
         tensors = _tensors_of(layer)
         if isinstance(layer, _torch().nn.MultiheadAttention) and layer.out_proj is not None:
@@ -763,6 +763,7 @@ def flax_rules(rules: Rules, module: torch.nn.Module, *, names: Mapping[str, str
         if name not in place:
             raise ValueError(f"flax_rules: {name!r} has no Flax counterpart")
         parts = place[name]
+        first = parts[0]
         if isinstance(spec, jp.GlobalUnstructured):
             if spec.is_random:
                 raise ValueError("flax_rules: a random GlobalUnstructured rule cannot be reproduced across layouts")
@@ -776,5 +777,5 @@ def flax_rules(rules: Rules, module: torch.nn.Module, *, names: Mapping[str, str
                                  f"not {spec!r} (prune the torch module, then masks_to_flax)")
             out.update({".".join(p.path): jp.GlobalUnstructured(spec.amount, group=f"torch:{name}") for p in parts})
         else:
-            out[".".join(parts[0].path)] = TorchLayout(spec, parts[0].perm, name, parts[0].torch_shape)
+            out[".".join(first.path)] = TorchLayout(spec, first.perm, name, first.torch_shape)
     return out

@@ -203,7 +203,7 @@ class Mlp(nn.Module):
 
 
 class ViTBlock(nn.Module):
-    """timm's Block with its qkv/proj pair as one nn.MultiheadAttention (the same tensors, fused as torch fuses them)."""
+    """timm's Block, its qkv/proj pair as one nn.MultiheadAttention (the same tensors, fused as torch fuses them)."""
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
