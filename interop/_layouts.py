@@ -133,7 +133,8 @@ def register_layout(torch_type: type, mapper: Mapper) -> None:
     ``mapper(layer, tensor_name, ndim)`` returns ``(collection, flax_name,
     perm)`` (the Flax leaf is ``collection.<module path>.flax_name`` and equals
     the torch tensor permuted by ``perm``, ``()`` for as it is), or None when
-    the tensor has no Flax counterpart (then the conversion raises naming it).
+    the tensor has no Flax counterpart (the conversion then raises naming a
+    parameter, and skips a buffer).
     Registered types are looked up before the built-in ones, the latest first,
     with ``isinstance`` (subclasses included), so a registration can also
     replace a built-in layout; registering a type again replaces its mapper.

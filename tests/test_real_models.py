@@ -99,7 +99,8 @@ def check_forward_and_remove(model: torch.nn.Module, name: str) -> None:
         prune.remove(sub, attr)
     assert not any(prune.is_pruned(m) for m in model.modules())
     assert set(model.state_dict()) == keys
-    torch.testing.assert_close(forward(model, name), out, rtol=0, atol=0)
+    # Not bit for bit: without the pruning hooks MultiheadAttention takes torch's fused fast path.
+    torch.testing.assert_close(forward(model, name), out, rtol=1e-4, atol=1e-5)
 
 
 # --------------------------------------------------------------------------
