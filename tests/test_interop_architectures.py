@@ -403,3 +403,18 @@ def test_plan_module_refuses_a_state_dict_too():
 
     with pytest.raises(TypeError, match=r"^plan_module: expected a torch\.nn\.Module, got a dict"):
         plan_module({"weight": torch.ones(2)}, {"*": jp.L1Unstructured(0.5)})
+
+
+def test_a_pruned_out_proj_goes_stale_in_torch_and_torch_to_flax_converts_the_current_product():
+    """As the README says: MultiheadAttention never calls out_proj, so its pruning hook never reruns."""
+    torch.manual_seed(0)
+    layer = attention({"embed_dim": 8, "num_heads": 2})
+    interop.prune_module(None, layer, {"out_proj.weight": jp.L1Unstructured(0.5)})
+    x = torch.from_numpy(randn(3, 1, 8))
+    with torch.no_grad():
+        before = layer(x, x, x, need_weights=False)[0]
+        layer.out_proj.weight_orig.mul_(2)  # as an optimizer step or load_state_dict would
+        assert torch.equal(layer(x, x, x, need_weights=False)[0], before)  # stale
+    kernel = interop.torch_to_flax(layer)["params"]["out"]["kernel"]
+    current = (layer.out_proj.weight_orig * layer.out_proj.weight_mask).detach().numpy()
+    np.testing.assert_array_equal(np.asarray(kernel).reshape(8, 8), current.T)
