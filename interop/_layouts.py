@@ -85,16 +85,19 @@ class Placement:
     torch_shape: tuple[int, ...] | None = None  # the torch block's shape, when flax_shape is set
 
     def to_flax(self, x: Any) -> Any:
+        """The torch tensor ``x`` (a JAX or NumPy array) in this leaf's layout, of the same kind."""
+        xp = np if isinstance(x, np.ndarray) else jnp  # NumPy on the host: nothing to compile per shape
         if self.rows is not None:
             x = x[self.rows[0]:self.rows[1]]
-        x = jnp.transpose(x, self.perm) if self.perm else x
-        return jnp.reshape(x, self.flax_shape) if self.flax_shape is not None else x
+        x = xp.transpose(x, self.perm) if self.perm else x
+        return xp.reshape(x, self.flax_shape) if self.flax_shape is not None else x
 
     def to_torch_layout(self, x: Any) -> Any:
         """The Flax leaf in torch's layout (the torch block of ``rows``, when set)."""
+        xp = np if isinstance(x, np.ndarray) else jnp
         if self.torch_shape is not None:
-            x = jnp.reshape(x, tuple(self.torch_shape[i] for i in self.perm) if self.perm else self.torch_shape)
-        return jnp.transpose(x, tuple(int(i) for i in np.argsort(self.perm))) if self.perm else x
+            x = xp.reshape(x, tuple(self.torch_shape[i] for i in self.perm) if self.perm else self.torch_shape)
+        return xp.transpose(x, tuple(int(i) for i in np.argsort(self.perm))) if self.perm else x
 
     def flax_axis(self, torch_dim: int, ndim: int) -> int:
         """The Flax axis holding torch's ``dim`` (e.g. Conv2d dim=0, the filters -> axis 3).
@@ -326,7 +329,8 @@ def _placements(module: torch.nn.Module, names: Mapping[str, str] | None) -> dic
     table = _layer_table()
     names = _checked_names(module, names)
     out: dict[str, tuple[Placement, ...]] = {}
-    owned: dict[str, tuple[str, Callable[[Any, str, int], Any]]] = {}  # child path -> (Flax prefix, mapper): MultiheadAttention.out_proj
+    # MultiheadAttention's out_proj: child module path -> (its Flax prefix, its mapper)
+    owned: dict[str, tuple[str, Callable[[Any, str, int], Any]]] = {}
     for prefix, layer in module.named_modules():
         tensors = _tensors_of(layer)
         if isinstance(layer, _torch().nn.MultiheadAttention) and layer.out_proj is not None:
@@ -487,9 +491,13 @@ def torch_to_flax(module: torch.nn.Module, *, names: Mapping[str, str] | None = 
     tensors = dict(_named_tensors(module, effective=weights == "effective"))
     out: dict[str, dict] = {}
     for name, parts in _placements(module, names).items():
-        value = to_jax(tensors[name], copy=True)
+        # The layout moves on the host, in NumPy: jnp.transpose, like to_jax(copy=True), compiles once
+        # per shape, which dominates converting a model of many shapes. Each leaf is a private copy.
+        value = to_jax(tensors[name])
+        host = np.asarray(value)
         for place in parts:
-            _set(out.setdefault(place.collection, {}), place.path, place.to_flax(value))
+            leaf = jax.device_put(np.array(place.to_flax(host), copy=True, order="C"), value.sharding)
+            _set(out.setdefault(place.collection, {}), place.path, leaf)
     return out
 
 
@@ -526,11 +534,19 @@ def flax_to_torch(variables: Mapping[str, Mapping], module: torch.nn.Module, *,
         target = tensors[name]
         blocks = [_torch_block(variables, place, name, target) for place in parts]
         value = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
-        staged.append((target, to_torch(np.asarray(value), copy=True)))
+        staged.append((target, _host_to_torch(value)))
     with torch.no_grad():
         for target, value in staged:
             target.copy_(value.to(target.dtype))
     return module
+
+
+def _host_to_torch(value: np.ndarray) -> torch.Tensor:
+    """A private torch copy of a NumPy array: ``torch.from_numpy`` where torch reads the dtype
+    (``jnp.asarray`` would compile once per shape), else through DLPack (bfloat16, float8)."""
+    if type(value.dtype).__module__.startswith("numpy"):
+        return _torch().from_numpy(np.array(value, copy=True, order="C"))
+    return to_torch(np.asarray(value), copy=True)
 
 
 def _torch_block(variables: Mapping[str, Mapping], place: Placement, name: str, target: Any) -> np.ndarray:
@@ -548,7 +564,7 @@ def _torch_block(variables: Mapping[str, Mapping], place: Placement, name: str, 
     if flax_shape != expected_flax:
         raise ValueError(f"flax_to_torch: {where} has shape {flax_shape}, expected {expected_flax} for torch tensor "
                          f"{name!r} {tuple(target.shape)}")
-    value = np.asarray(place.to_torch_layout(jnp.asarray(leaf)))
+    value = place.to_torch_layout(np.asarray(leaf))
     assert value.shape == expected
     return value
 
@@ -575,9 +591,9 @@ def masks_to_flax(masks: Mapping[str, Any], module: torch.nn.Module, *,
     for name, parts in place.items():
         if parts[0].collection == "params":
             mask = masks.get(name)
-            mask = None if mask is None else _as_bool(mask)
+            mask = None if mask is None else np.asarray(_as_bool(mask))
             for where in parts:
-                _set(out, where.path, None if mask is None else where.to_flax(mask))
+                _set(out, where.path, None if mask is None else jnp.asarray(np.ascontiguousarray(where.to_flax(mask))))
     return out
 
 
@@ -614,7 +630,7 @@ def _mask_block(flax_masks: Mapping, place: Placement, shape: tuple[int, ...]) -
         mask = _get(flax_masks, place.path)
     except KeyError:
         return None
-    return None if mask is None else np.asarray(place.to_torch_layout(jnp.asarray(mask)))
+    return None if mask is None else place.to_torch_layout(np.asarray(mask))
 
 
 def flax_dim(module: torch.nn.Module, name: str, dim: int, *, names: Mapping[str, str] | None = None) -> int:
