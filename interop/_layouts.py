@@ -1,17 +1,39 @@
 """torch <-> Flax weights, with layouts (and pruning dims) mapped.
 
-=====================  ===========================  ==============================
-torch layer            torch tensor                 Flax leaf (collection.name)
-=====================  ===========================  ==============================
-Conv1d/2d/3d           weight (O, I, *k)            params.kernel (*k, I, O)
-                       bias (O,)                    params.bias
-Linear                 weight (out, in)             params.kernel (in, out)
-                       bias                         params.bias
-BatchNorm1d/2d/3d      weight, bias                 params.scale, params.bias
-                       running_mean, running_var    batch_stats.mean, batch_stats.var
-LayerNorm              weight, bias                 params.scale, params.bias
-Embedding              weight (num, dim)            params.embedding (num, dim)
-=====================  ===========================  ==============================
+=========================  ===========================  ==================================
+torch layer                torch tensor                 Flax leaf (collection.name)
+=========================  ===========================  ==================================
+Conv1d/2d/3d (groups too)  weight (O, I/groups, *k)     params.kernel (*k, I/groups, O)
+                           bias (O,)                    params.bias
+ConvTranspose1d/2d/3d      weight (I, O, *k)            params.kernel (*k, O, I), for
+                           bias (O,)                    ``ConvTranspose(transpose_kernel=True)``
+Linear                     weight (out, in)             params.kernel (in, out)
+                           bias                         params.bias
+transformers Conv1D        weight (in, out)             params.kernel (in, out), as it is
+                           bias                         params.bias
+MultiheadAttention         in_proj_weight (3E, E)       params.query/key/value.kernel
+                           (or q/k/v_proj_weight)       (E_in, heads, head_dim) each
+                           in_proj_bias (3E,)           params.query/key/value.bias (heads, head_dim)
+                           out_proj.weight (E, E)       params.out.kernel (heads, head_dim, E)
+                           out_proj.bias                params.out.bias
+BatchNorm1d/2d/3d          weight, bias                 params.scale, params.bias
+                           running_mean, running_var    batch_stats.mean, batch_stats.var
+LayerNorm, GroupNorm       weight, bias                 params.scale, params.bias
+RMSNorm, LlamaRMSNorm      weight                       params.scale
+Embedding                  weight (num, dim)            params.embedding (num, dim)
+=========================  ===========================  ==================================
+
+MultiheadAttention's leaves are those of ``flax.linen.MultiHeadDotProductAttention``
+(its ``in_proj_weight`` is split over three Flax leaves: its :class:`Placement`
+is a tuple of three); ``add_bias_kv`` (``bias_k``/``bias_v``) has no Flax
+counterpart and is refused. ConvTranspose with ``groups > 1`` is refused (Flax's
+ConvTranspose has no feature groups).
+
+Buffers are converted only where the table names them (BatchNorm's running
+statistics); other buffers (index buffers such as BERT's ``position_ids``,
+rotary ``inv_freq``, attention masks) are not weights: they are skipped, and
+``flax_to_torch`` leaves them as they are. A parameter of a layer type the
+table lacks raises naming the layer path and type.
 
 Other layer types: :func:`register_layout`. A module path ``features.0``
 becomes the nested keys ``features -> 0`` unless ``names`` renames it
@@ -28,8 +50,9 @@ so pruning either side with the same key gives the same masks.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +61,7 @@ import numpy as np
 import jaxprune as jp
 
 from ._modules import Rules, plan_module, prunable_parameters
-from ._tensors import _torch, to_jax, to_torch
+from ._tensors import _torch, check_module, to_jax, to_torch
 
 if TYPE_CHECKING:
     import torch
@@ -46,22 +69,55 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True)
 class Placement:
-    """Where a torch tensor lives in the Flax tree, and how its axes map."""
+    """Where a torch tensor (or a block of its rows) lives in the Flax tree, and how its axes map.
+
+    The Flax leaf is ``torch[rows[0]:rows[1]]`` (the whole tensor when ``rows``
+    is None), permuted by ``perm``, reshaped to ``flax_shape`` when that is set
+    (MultiheadAttention's heads: ``(E_in, E)`` -> ``(E_in, heads, head_dim)``;
+    ``torch_shape`` is then the torch block's shape, for the way back).
+    """
 
     collection: str  # "params" or "batch_stats"
     path: tuple[str, ...]  # nested keys inside the collection
     perm: tuple[int, ...]  # flax = torch.permute(perm)
+    rows: tuple[int, int] | None = None  # the block of torch's axis 0 this leaf holds
+    flax_shape: tuple[int, ...] | None = None  # reshape after the permutation
+    torch_shape: tuple[int, ...] | None = None  # the torch block's shape, when flax_shape is set
 
     def to_flax(self, x: Any) -> Any:
-        return jnp.transpose(x, self.perm) if self.perm else x
+        """The torch tensor ``x`` (a JAX or NumPy array) in this leaf's layout, of the same kind."""
+        xp = np if isinstance(x, np.ndarray) else jnp  # NumPy on the host: nothing to compile per shape
+        if self.rows is not None:
+            x = x[self.rows[0]:self.rows[1]]
+        x = xp.transpose(x, self.perm) if self.perm else x
+        return xp.reshape(x, self.flax_shape) if self.flax_shape is not None else x
 
     def to_torch_layout(self, x: Any) -> Any:
-        return jnp.transpose(x, tuple(int(i) for i in np.argsort(self.perm))) if self.perm else x
+        """The Flax leaf in torch's layout (the torch block of ``rows``, when set)."""
+        xp = np if isinstance(x, np.ndarray) else jnp
+        if self.torch_shape is not None:
+            x = xp.reshape(x, tuple(self.torch_shape[i] for i in self.perm) if self.perm else self.torch_shape)
+        return xp.transpose(x, tuple(int(i) for i in np.argsort(self.perm))) if self.perm else x
 
     def flax_axis(self, torch_dim: int, ndim: int) -> int:
-        """The Flax axis holding torch's ``dim`` (e.g. Conv2d dim=0, the filters -> axis 3)."""
+        """The Flax axis holding torch's ``dim`` (e.g. Conv2d dim=0, the filters -> axis 3).
+
+        Raises ``ValueError`` when the reshape spreads that dim over several
+        Flax axes (MultiheadAttention's output features: heads x head_dim)."""
         dim = torch_dim % ndim
-        return self.perm.index(dim) if self.perm else dim
+        axis = self.perm.index(dim) if self.perm else dim
+        if self.flax_shape is None:
+            return axis
+        assert self.torch_shape is not None  # set together with flax_shape
+        permuted = [self.torch_shape[i] for i in self.perm] if self.perm else list(self.torch_shape)
+        start, stop = int(np.prod(permuted[:axis])), int(np.prod(permuted[:axis + 1]))
+        sizes = np.cumprod((1,) + tuple(self.flax_shape))
+        if start in sizes and stop in sizes:
+            first, last = int(np.searchsorted(sizes, start)), int(np.searchsorted(sizes, stop))
+            if last - first == 1:
+                return first
+        raise ValueError(f"torch dim {torch_dim} (size {permuted[axis]}) is spread over several axes of the Flax "
+                         f"leaf {'.'.join(self.path)} {self.flax_shape}; it has no single Flax axis")
 
 
 # A layer's mapper: (layer, torch tensor name, ndim) -> (collection, Flax leaf name,
@@ -80,7 +136,8 @@ def register_layout(torch_type: type, mapper: Mapper) -> None:
     ``mapper(layer, tensor_name, ndim)`` returns ``(collection, flax_name,
     perm)`` (the Flax leaf is ``collection.<module path>.flax_name`` and equals
     the torch tensor permuted by ``perm``, ``()`` for as it is), or None when
-    the tensor has no Flax counterpart (then the conversion raises naming it).
+    the tensor has no Flax counterpart (the conversion then raises naming a
+    parameter, and skips a buffer).
     Registered types are looked up before the built-in ones, the latest first,
     with ``isinstance`` (subclasses included), so a registration can also
     replace a built-in layout; registering a type again replaces its mapper.
@@ -114,6 +171,28 @@ def _layer_table() -> list[tuple[tuple[type, ...], Mapper]]:
     return registered + _builtin_layers()
 
 
+class _Leaf(NamedTuple):
+    """A built-in mapper's richer answer: ``name`` may be a dotted sub-path
+    (``"query.kernel"``), with the rows/reshape of :class:`Placement`."""
+
+    collection: str
+    name: str
+    perm: tuple[int, ...]
+    rows: tuple[int, int] | None = None
+    flax_shape: tuple[int, ...] | None = None
+
+
+class _Refused(Exception):
+    """A built-in layout cannot express this layer (the reason); placements names the layer."""
+
+
+# The built-in layer types, by name, for the unsupported-layer error (the
+# transformers ones join the table only once transformers is imported).
+_BUILTIN_NAMES = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Linear",
+                  "transformers Conv1D", "MultiheadAttention", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm",
+                  "GroupNorm", "RMSNorm", "LlamaRMSNorm", "Embedding")
+
+
 def _builtin_layers() -> list[tuple[tuple[type, ...], Mapper]]:
     nn = _torch().nn
 
@@ -122,8 +201,19 @@ def _builtin_layers() -> list[tuple[tuple[type, ...], Mapper]]:
             return "params", "kernel", tuple(range(2, ndim)) + (1, 0)
         return {"bias": ("params", "bias", ())}.get(name)
 
+    def conv_transpose(layer: Any, name: str, ndim: int):
+        # torch (I, O/groups, *k) -> Flax ConvTranspose(transpose_kernel=True)'s (*k, O, I): the same
+        # permutation as Conv, no spatial flip (transpose_kernel flips it, as torch's transposed conv does).
+        if layer.groups != 1:
+            raise _Refused(f"groups={layer.groups}: Flax's ConvTranspose has no feature groups")
+        return conv(layer, name, ndim)
+
     def linear(layer: Any, name: str, ndim: int):
         return {"weight": ("params", "kernel", (1, 0)), "bias": ("params", "bias", ())}.get(name)
+
+    def conv1d_transformers(layer: Any, name: str, ndim: int):
+        # transformers' Conv1D (GPT-2) stores weight as (in, out): Flax Dense's kernel as it is.
+        return {"weight": ("params", "kernel", ()), "bias": ("params", "bias", ())}.get(name)
 
     def norm(layer: Any, name: str, ndim: int):
         return {"weight": ("params", "scale", ()), "bias": ("params", "bias", ()),
@@ -132,12 +222,54 @@ def _builtin_layers() -> list[tuple[tuple[type, ...], Mapper]]:
     def embedding(layer: Any, name: str, ndim: int):
         return {"weight": ("params", "embedding", ())}.get(name)
 
-    return [
+    rows = [
         ((nn.Conv1d, nn.Conv2d, nn.Conv3d), conv),
+        ((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), conv_transpose),
         ((nn.Linear,), linear),
-        ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm), norm),
+        ((nn.MultiheadAttention,), _attention),
+        ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm), norm),
         ((nn.Embedding,), embedding),
     ]
+    # transformers' layers, looked up only when transformers is loaded (a model using them imported it).
+    pytorch_utils = sys.modules.get("transformers.pytorch_utils")
+    if pytorch_utils is not None and hasattr(pytorch_utils, "Conv1D"):
+        rows.insert(3, ((pytorch_utils.Conv1D,), conv1d_transformers))
+    llama = sys.modules.get("transformers.models.llama.modeling_llama")
+    if llama is not None and hasattr(llama, "LlamaRMSNorm"):
+        rows.append(((llama.LlamaRMSNorm,), norm))
+    return rows
+
+
+def _attention(layer: Any, name: str, ndim: int) -> _Leaf | list[_Leaf] | None:
+    """nn.MultiheadAttention -> flax.linen.MultiHeadDotProductAttention's query/key/value
+    kernels (E_in, heads, head_dim) and biases (heads, head_dim); ``out_proj`` is mapped
+    by :func:`_attention_out` (a child module)."""
+    e, heads = layer.embed_dim, layer.num_heads
+    per_head = (heads, e // heads)
+    if name == "in_proj_weight":  # (3E, E): the query, key and value rows
+        return [_Leaf("params", f"{part}.kernel", (1, 0), (i * e, (i + 1) * e), (e,) + per_head)
+                for i, part in enumerate(("query", "key", "value"))]
+    if name == "in_proj_bias":
+        return [_Leaf("params", f"{part}.bias", (), (i * e, (i + 1) * e), per_head)
+                for i, part in enumerate(("query", "key", "value"))]
+    projections = {"q_proj_weight": ("query", layer.embed_dim), "k_proj_weight": ("key", layer.kdim),
+                   "v_proj_weight": ("value", layer.vdim)}
+    if name in projections:  # (E, E_in) each, when kdim or vdim differ from embed_dim
+        part, e_in = projections[name]
+        return _Leaf("params", f"{part}.kernel", (1, 0), None, (e_in,) + per_head)
+    if name in ("bias_k", "bias_v"):
+        raise _Refused("add_bias_kv=True: flax.linen.MultiHeadDotProductAttention has no bias_k/bias_v")
+    return None
+
+
+def _attention_out(attention: Any) -> Callable[[Any, str, int], _Leaf | None]:
+    """The mapper of a MultiheadAttention's ``out_proj``: MultiHeadDotProductAttention's
+    ``out`` (kernel (heads, head_dim, E), bias (E,))."""
+    def mapper(layer: Any, name: str, ndim: int) -> _Leaf | None:
+        per_head = (attention.num_heads, attention.embed_dim // attention.num_heads)
+        return {"weight": _Leaf("params", "kernel", (1, 0), None, per_head + (layer.out_features,)),
+                "bias": _Leaf("params", "bias", ())}.get(name)
+    return mapper
 
 
 def _tensors_of(layer: Any, *, effective: bool = False) -> dict[str, Any]:
@@ -162,10 +294,14 @@ def _tensors_of(layer: Any, *, effective: bool = False) -> dict[str, Any]:
     return out
 
 
-def placements(module: torch.nn.Module, names: Mapping[str, str] | None = None) -> dict[str, Placement]:
-    """``{torch tensor name: Placement}`` for every tensor ``torch_to_flax`` converts.
+def placements(module: torch.nn.Module,
+               names: Mapping[str, str] | None = None) -> dict[str, Placement | tuple[Placement, ...]]:
+    """``{torch tensor name: Placement}`` for every tensor ``torch_to_flax`` converts;
+    a tensor split over several Flax leaves (MultiheadAttention's
+    ``in_proj_weight`` / ``in_proj_bias``: query, key, value) has a tuple of
+    Placements, one per leaf, each with its ``rows``.
 
-    Raises ``ValueError`` naming the first layer with tensors of a type it
+    Raises ``ValueError`` naming the first layer with parameters of a type it
     cannot map (:func:`register_layout` adds types), a ``names`` key that is no
     module path, or two tensors that ``names`` puts on one Flax path.
 
@@ -175,35 +311,77 @@ def placements(module: torch.nn.Module, names: Mapping[str, str] | None = None) 
     >>> place = interop.placements(net, {"0": "conv"})
     >>> list(place), place["0.weight"].path, place["0.weight"].perm
     (['0.weight', '0.bias', '2.weight', '2.bias'], ('conv', 'kernel'), (2, 3, 1, 0))
+    >>> attention = interop.placements(torch.nn.MultiheadAttention(8, 2))
+    >>> [(p.path, p.rows, p.flax_shape) for p in attention["in_proj_weight"]]  # doctest: +NORMALIZE_WHITESPACE
+    [(('query', 'kernel'), (0, 8), (8, 2, 4)), (('key', 'kernel'), (8, 16), (8, 2, 4)),
+     (('value', 'kernel'), (16, 24), (8, 2, 4))]
     >>> interop.placements(net, {"0": "x", "2": "x"})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     ValueError: torch tensors '0.weight' and '2.weight' both map to params.x.kernel; ...
     """
+    check_module(module, "placements")
+    return {name: parts[0] if len(parts) == 1 else parts for name, parts in _placements(module, names).items()}
+
+
+def _placements(module: torch.nn.Module, names: Mapping[str, str] | None) -> dict[str, tuple[Placement, ...]]:
+    """:func:`placements` with a tuple for every tensor (one Placement for most)."""
     table = _layer_table()
     names = _checked_names(module, names)
-    out: dict[str, Placement] = {}
+    out: dict[str, tuple[Placement, ...]] = {}
+    # MultiheadAttention's out_proj: child module path -> (its Flax prefix, its mapper)
+    owned: dict[str, tuple[str, Callable[[Any, str, int], Any]]] = {}
     for prefix, layer in module.named_modules():
         tensors = _tensors_of(layer)
+        if isinstance(layer, _torch().nn.MultiheadAttention) and layer.out_proj is not None:
+            child = f"{prefix}.out_proj" if prefix else "out_proj"
+            owned[child] = (names.get(child, f"{names.get(prefix, prefix)}.out".lstrip(".")), _attention_out(layer))
         if not tensors:
             continue
-        mapper = next((m for types, m in table if isinstance(layer, types)), None)
+        buffers = {name for name in tensors if name in layer._buffers}
+        if prefix in owned:
+            flax_prefix, mapper = owned[prefix]
+        else:
+            flax_prefix = names.get(prefix, prefix)
+            mapper = next((m for types, m in table if isinstance(layer, types)), None)
         if mapper is None:
-            supported = ", ".join(dict.fromkeys(t.__name__ for types, _ in table for t in types))
+            if set(tensors) <= buffers:
+                continue  # buffers of a layer without a layout (index buffers): not weights
+            supported = ", ".join(dict.fromkeys([t.__name__ for types, _ in table[:len(_REGISTERED)] for t in types]
+                                                + list(_BUILTIN_NAMES)))
             raise ValueError(f"torch_to_flax: layer {prefix or '(root)'!r} of type {type(layer).__name__} has "
-                             f"tensors {sorted(tensors)} and no known Flax layout (supported: {supported}; "
-                             "interop.register_layout adds one)")
-        flax_prefix = names.get(prefix, prefix)
+                             f"parameters {sorted(set(tensors) - buffers)} and no known Flax layout (supported: "
+                             f"{supported}; interop.register_layout adds one)")
         for name, tensor in tensors.items():
-            placed = mapper(layer, name, tensor.ndim)
+            try:
+                placed = mapper(layer, name, tensor.ndim)
+            except _Refused as reason:
+                raise ValueError(f"torch_to_flax: layer {prefix or '(root)'!r} of type {type(layer).__name__}: "
+                                 f"{reason}") from None
             if placed is None:
+                if name in buffers:
+                    continue  # a buffer the layout does not convert: not a weight
                 raise ValueError(f"torch_to_flax: tensor {name!r} of layer {prefix!r} ({type(layer).__name__}) "
                                  "has no Flax counterpart")
-            collection, flax_name, perm = _checked_placement(placed, layer, name, tensor.ndim)
-            path = tuple(p for p in flax_prefix.split(".") if p) + (flax_name,)
-            out[f"{prefix}.{name}" if prefix else name] = Placement(collection, path, perm)
+            leaves = placed if isinstance(placed, list) else [placed]
+            out[f"{prefix}.{name}" if prefix else name] = tuple(
+                _placement(leaf, layer, name, tuple(tensor.shape), flax_prefix) for leaf in leaves)
     _check_distinct(out)
     return out
+
+
+def _placement(placed: Any, layer: Any, name: str, shape: tuple[int, ...], flax_prefix: str) -> Placement:
+    """A mapper's answer as a Placement (a registered mapper's 3-tuple checked first)."""
+    if isinstance(placed, _Leaf):
+        collection, flax_name, perm, rows, flax_shape = placed
+        torch_shape = None
+        if flax_shape is not None:
+            torch_shape = ((rows[1] - rows[0],) + shape[1:]) if rows is not None else shape
+    else:
+        collection, flax_name, perm = _checked_placement(placed, layer, name, len(shape))
+        rows = flax_shape = torch_shape = None
+    path = tuple(p for p in f"{flax_prefix}.{flax_name}".split(".") if p)
+    return Placement(collection, path, perm, rows, flax_shape, torch_shape)
 
 
 def _checked_placement(placed: Any, layer: Any, name: str, ndim: int) -> tuple[str, str, tuple[int, ...]]:
@@ -236,23 +414,29 @@ def _checked_names(module: torch.nn.Module, names: Mapping[str, str] | None) -> 
     return names
 
 
-def _check_distinct(out: Mapping[str, Placement]) -> None:
+def _check_distinct(out: Mapping[str, tuple[Placement, ...]]) -> None:
     """Refuse two torch tensors at one Flax path, or one inside another's leaf
     (``names={"0": "x", "1": "x"}``): the tree would silently keep only one."""
     leaves: dict[tuple[str, ...], str] = {}
     inner: dict[tuple[str, ...], str] = {}  # every proper prefix of a leaf -> that leaf's tensor
-    for name, place in out.items():
-        full = (place.collection,) + place.path
-        if full in leaves:
-            raise ValueError(f"torch tensors {leaves[full]!r} and {name!r} both map to {'.'.join(full)}; "
-                             "give their layers different names (names=)")
-        clash = inner.get(full) or next((leaves[full[:i]] for i in range(1, len(full)) if full[:i] in leaves), None)
-        if clash is not None:
-            raise ValueError(f"torch tensor {name!r} maps to {'.'.join(full)}, a path that also holds torch tensor "
-                             f"{clash!r}; give their layers different names (names=)")
-        leaves[full] = name
-        for i in range(1, len(full)):
-            inner.setdefault(full[:i], name)
+    for name, parts in out.items():
+        for place in parts:
+            _check_leaf_distinct(name, (place.collection,) + place.path, leaves, inner)
+
+
+def _check_leaf_distinct(name: str, full: tuple[str, ...], leaves: dict[tuple[str, ...], str],
+                         inner: dict[tuple[str, ...], str]) -> None:
+    """Record one Flax leaf of torch tensor ``name``, refusing a clash."""
+    if full in leaves:
+        raise ValueError(f"torch tensors {leaves[full]!r} and {name!r} both map to {'.'.join(full)}; "
+                         "give their layers different names (names=)")
+    clash = inner.get(full) or next((leaves[full[:i]] for i in range(1, len(full)) if full[:i] in leaves), None)
+    if clash is not None:
+        raise ValueError(f"torch tensor {name!r} maps to {'.'.join(full)}, a path that also holds torch tensor "
+                         f"{clash!r}; give their layers different names (names=)")
+    leaves[full] = name
+    for i in range(1, len(full)):
+        inner.setdefault(full[:i], name)
 
 
 def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
@@ -301,12 +485,19 @@ def torch_to_flax(module: torch.nn.Module, *, names: Mapping[str, str] | None = 
     >>> bool((jp.apply_masks(dense["params"], masks)["1"]["kernel"] == pruned["params"]["1"]["kernel"]).all())
     True
     """
+    check_module(module, "torch_to_flax")
     if not isinstance(weights, str) or weights not in ("effective", "orig"):
         raise ValueError(f"torch_to_flax: weights must be 'effective' or 'orig', got {weights!r}")
     tensors = dict(_named_tensors(module, effective=weights == "effective"))
     out: dict[str, dict] = {}
-    for name, place in placements(module, names).items():
-        _set(out.setdefault(place.collection, {}), place.path, place.to_flax(to_jax(tensors[name], copy=True)))
+    for name, parts in _placements(module, names).items():
+        # The layout moves on the host, in NumPy: jnp.transpose, like to_jax(copy=True), compiles once
+        # per shape, which dominates converting a model of many shapes. Each leaf is a private copy.
+        value = to_jax(tensors[name])
+        host = np.asarray(value)
+        for place in parts:
+            leaf = jax.device_put(np.array(place.to_flax(host), copy=True, order="C"), value.sharding)
+            _set(out.setdefault(place.collection, {}), place.path, leaf)
     return out
 
 
@@ -336,25 +527,53 @@ def flax_to_torch(variables: Mapping[str, Mapping], module: torch.nn.Module, *,
     True
     """
     torch = _torch()
+    check_module(module, "flax_to_torch")
     tensors = dict(_named_tensors(module))
     staged = []
-    for name, place in placements(module, names).items():
-        try:
-            value = _get(variables[place.collection], place.path)
-        except KeyError:
-            raise ValueError(f"flax_to_torch: no {place.collection}.{'.'.join(place.path)} for torch tensor "
-                             f"{name!r}") from None
-        value = place.to_torch_layout(jnp.asarray(value))
+    for name, parts in _placements(module, names).items():
         target = tensors[name]
-        if tuple(value.shape) != tuple(target.shape):
-            raise ValueError(f"flax_to_torch: {place.collection}.{'.'.join(place.path)} has shape "
-                             f"{tuple(jnp.shape(_get(variables[place.collection], place.path)))}, which maps to "
-                             f"{tuple(value.shape)}; torch tensor {name!r} is {tuple(target.shape)}")
-        staged.append((target, to_torch(np.asarray(value), copy=True)))
+        blocks = [_torch_block(variables, place, name, target) for place in parts]
+        value = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+        staged.append((target, _host_to_torch(value)))
     with torch.no_grad():
         for target, value in staged:
             target.copy_(value.to(target.dtype))
     return module
+
+
+def _host_to_torch(value: np.ndarray) -> torch.Tensor:
+    """A private torch copy of a NumPy array: ``torch.from_numpy`` where torch reads the dtype
+    (``jnp.asarray`` would compile once per shape), else through DLPack (bfloat16, float8)."""
+    if type(value.dtype).__module__.startswith("numpy"):
+        return _torch().from_numpy(np.array(value, copy=True, order="C"))
+    return to_torch(np.asarray(value), copy=True)
+
+
+def _torch_block(variables: Mapping[str, Mapping], place: Placement, name: str, target: Any) -> np.ndarray:
+    """The Flax leaf at ``place`` in torch's layout, checked against the torch tensor (its rows)."""
+    where = f"{place.collection}.{'.'.join(place.path)}"
+    try:
+        leaf = _get(variables[place.collection], place.path)
+    except KeyError:
+        raise ValueError(f"flax_to_torch: no {where} for torch tensor {name!r}") from None
+    expected = tuple(target.shape)
+    if place.rows is not None:
+        expected = (place.rows[1] - place.rows[0],) + expected[1:]
+    flax_shape = tuple(jnp.shape(leaf))
+    expected_flax = _flax_shape(place, expected)
+    if flax_shape != expected_flax:
+        raise ValueError(f"flax_to_torch: {where} has shape {flax_shape}, expected {expected_flax} for torch tensor "
+                         f"{name!r} {tuple(target.shape)}")
+    value = place.to_torch_layout(np.asarray(leaf))
+    assert value.shape == expected
+    return value
+
+
+def _flax_shape(place: Placement, block: tuple[int, ...]) -> tuple[int, ...]:
+    """The Flax leaf's shape for a torch block (the tensor, or its ``rows``) of shape ``block``."""
+    if place.flax_shape is not None:
+        return place.flax_shape
+    return tuple(block[i] for i in place.perm) if place.perm else block
 
 
 def masks_to_flax(masks: Mapping[str, Any], module: torch.nn.Module, *,
@@ -363,15 +582,18 @@ def masks_to_flax(masks: Mapping[str, Any], module: torch.nn.Module, *,
     tree shaped like ``torch_to_flax(module)["params"]``: bool masks in the Flax
     layout, None for the parameters without a mask (``jp.apply_masks`` and
     ``default_masks=`` take it as it is)."""
-    place = placements(module, names)
+    check_module(module, "masks_to_flax")
+    place = _placements(module, names)
     for name in masks:
-        if name not in place or place[name].collection != "params":
+        if name not in place or place[name][0].collection != "params":
             raise ValueError(f"masks_to_flax: {name!r} is not a parameter torch_to_flax converts")
     out: dict = {}
-    for name, where in place.items():
-        if where.collection == "params":
+    for name, parts in place.items():
+        if parts[0].collection == "params":
             mask = masks.get(name)
-            _set(out, where.path, None if mask is None else where.to_flax(_as_bool(mask)))
+            mask = None if mask is None else np.asarray(_as_bool(mask))
+            for where in parts:
+                _set(out, where.path, None if mask is None else jnp.asarray(np.ascontiguousarray(where.to_flax(mask))))
     return out
 
 
@@ -382,18 +604,33 @@ def _as_bool(mask: Any) -> jax.Array:
 
 def masks_to_torch(flax_masks: Mapping, module: torch.nn.Module, *,
                    names: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """A Flax mask tree (params layout; None = not pruned) as torch-named masks in torch's layout."""
+    """A Flax mask tree (params layout; None = not pruned) as torch-named masks in torch's layout.
+
+    A tensor split over several Flax leaves (MultiheadAttention's
+    ``in_proj_weight``) gets one mask from its leaves' masks, all True for a
+    leaf that is None or absent; none when all of them are."""
+    check_module(module, "masks_to_torch")
+    tensors = dict(_named_tensors(module))
     out = {}
-    for name, place in placements(module, names).items():
-        if place.collection != "params":
+    for name, parts in _placements(module, names).items():
+        if parts[0].collection != "params":
             continue
-        try:
-            mask = _get(flax_masks, place.path)
-        except KeyError:
+        blocks = [_mask_block(flax_masks, place, tuple(tensors[name].shape)) for place in parts]
+        if all(block is None for block in blocks):
             continue
-        if mask is not None:
-            out[name] = to_torch(np.asarray(place.to_torch_layout(jnp.asarray(mask))), copy=True)
+        shapes = [(p.rows[1] - p.rows[0],) + tuple(tensors[name].shape)[1:] if p.rows else tuple(tensors[name].shape)
+                  for p in parts]
+        full = [np.ones(shape, bool) if block is None else block for block, shape in zip(blocks, shapes)]
+        out[name] = to_torch(full[0] if len(full) == 1 else np.concatenate(full), copy=True)
     return out
+
+
+def _mask_block(flax_masks: Mapping, place: Placement, shape: tuple[int, ...]) -> np.ndarray | None:
+    try:
+        mask = _get(flax_masks, place.path)
+    except KeyError:
+        return None
+    return None if mask is None else place.to_torch_layout(np.asarray(mask))
 
 
 def flax_dim(module: torch.nn.Module, name: str, dim: int, *, names: Mapping[str, str] | None = None) -> int:
@@ -406,7 +643,8 @@ def flax_dim(module: torch.nn.Module, name: str, dim: int, *, names: Mapping[str
     >>> interop.flax_dim(net, "0.weight", 0), interop.flax_dim(net, "0.weight", 1)
     (3, 2)
     """
-    place = placements(module, names)
+    check_module(module, "flax_dim")
+    place = _placements(module, names)
     if name not in place:
         raise ValueError(f"flax_dim: {name!r} is not a tensor of the module")
     ndim = dict(_named_tensors(module))[name].ndim
@@ -414,7 +652,13 @@ def flax_dim(module: torch.nn.Module, name: str, dim: int, *, names: Mapping[str
         raise TypeError(f"flax_dim: dim must be an int, got {dim!r}")
     if not -ndim <= dim < ndim:
         raise IndexError(f"flax_dim: dim {dim} is out of range for {name!r} with {ndim} dims")
-    return place[name].flax_axis(dim, ndim)
+    if len(place[name]) > 1:
+        raise ValueError(f"flax_dim: {name!r} is split over the Flax leaves "
+                         f"{', '.join('.'.join(p.path) for p in place[name])}; it has no single Flax axis")
+    try:
+        return place[name][0].flax_axis(dim, ndim)
+    except ValueError as error:
+        raise ValueError(f"flax_dim: {name!r}: {error}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -442,6 +686,7 @@ class TorchLayout(jp.PruningMethod):
     method: jp.PruningMethod
     perm: tuple[int, ...]
     key_path: str
+    torch_shape: tuple[int, ...] | None = None  # when the Flax leaf is reshaped (attention heads split out)
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, jp.PruningMethod):
@@ -478,6 +723,8 @@ class TorchLayout(jp.PruningMethod):
         return dataclasses.replace(self, method=self.method.with_amount(amount))
 
     def _torch_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if self.torch_shape is not None:
+            return self.torch_shape
         return tuple(shape[i] for i in np.argsort(self.perm)) if self.perm else tuple(shape)
 
     def units(self, shape: tuple[int, ...]) -> int:
@@ -487,16 +734,20 @@ class TorchLayout(jp.PruningMethod):
         return self.method.pruned_units(self._place.to_torch_layout(mask))
 
     def check_leaf(self, shape: tuple[int, ...]) -> None:
-        if len(shape) != len(self.perm) and self.perm:
+        if self.torch_shape is not None:
+            if int(np.prod(shape)) != int(np.prod(self.torch_shape)):
+                raise ValueError(f"the leaf has shape {tuple(shape)}, its torch layout {self.torch_shape}")
+        elif len(shape) != len(self.perm) and self.perm:
             raise ValueError(f"the leaf has {len(shape)} dims, its torch layout {len(self.perm)}")
         self.method.check_leaf(self._torch_shape(shape))
 
     @property
     def _place(self) -> Placement:
-        return Placement("params", (), self.perm)
+        return Placement("params", (), self.perm, torch_shape=self.torch_shape)
 
     def compute_mask(self, key: jax.Array | None, t: Any, default_mask: Any = None, **extra: Any) -> jax.Array:
-        place = self._place
+        place = self._place if self.torch_shape is None else dataclasses.replace(
+            self._place, flax_shape=tuple(jnp.shape(t)))
         t = jnp.asarray(t)
         t_torch = place.to_torch_layout(t)
         dm = None if default_mask is None else place.to_torch_layout(jnp.asarray(default_mask))
@@ -514,20 +765,34 @@ def flax_rules(rules: Rules, module: torch.nn.Module, *, names: Mapping[str, str
     ``jp.GlobalUnstructured(amount)`` rules ranked by L1 carry over as they are
     (same masks unless magnitudes tie across tensors); a random global rule
     cannot (its draws follow the tree order) and raises ``ValueError``.
+
+    A tensor split over several Flax leaves (MultiheadAttention's
+    ``in_proj_weight``) takes L1 rules only: ``jp.L1Unstructured`` becomes a
+    ``jp.GlobalUnstructured`` group of its leaves (the same ranking); other
+    methods on it raise ``ValueError`` (prune the torch module and carry the
+    masks over with :func:`masks_to_flax`).
     """
-    place = placements(module, names)
+    check_module(module, "flax_rules")
+    place = _placements(module, names)
     out: dict[str, Any] = {}
     for a in plan_module(module, rules, factory_amount=0).assignments:
         name, spec, pattern = a.path, a.method, a.pattern
         if name not in place:
             raise ValueError(f"flax_rules: {name!r} has no Flax counterpart")
-        flax_path = ".".join(place[name].path)
+        parts = place[name]
+        first = parts[0]
         if isinstance(spec, jp.GlobalUnstructured):
             if spec.is_random:
                 raise ValueError("flax_rules: a random GlobalUnstructured rule cannot be reproduced across layouts")
             # Keep torch's grouping: the torch pattern names the group.
             group = spec.group or (f"torch:{pattern}" if pattern else f"torch:{spec!r}")
-            out[flax_path] = dataclasses.replace(spec, group=group)
+            out.update({".".join(p.path): dataclasses.replace(spec, group=group) for p in parts})
+        elif len(parts) > 1:
+            if type(spec) is not jp.L1Unstructured:
+                raise ValueError(f"flax_rules: {name!r} is split over the Flax leaves "
+                                 f"{', '.join('.'.join(p.path) for p in parts)}; only L1 rules carry over to it, "
+                                 f"not {spec!r} (prune the torch module, then masks_to_flax)")
+            out.update({".".join(p.path): jp.GlobalUnstructured(spec.amount, group=f"torch:{name}") for p in parts})
         else:
-            out[flax_path] = TorchLayout(spec, place[name].perm, name)
+            out[".".join(first.path)] = TorchLayout(spec, first.perm, name, first.torch_shape)
     return out

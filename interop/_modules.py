@@ -30,7 +30,7 @@ import jaxprune as jp
 from jaxprune._plan import Plan, check_key, check_key_for, compute_masks, plan
 from jaxprune._state_dicts import join_pairs, kept, split_pairs
 
-from ._tensors import _torch, to_jax, to_torch
+from ._tensors import _torch, check_module, to_jax, to_torch
 
 if TYPE_CHECKING:
     import torch
@@ -50,6 +50,7 @@ def _pruned_names(sub: torch.nn.Module) -> set[str]:
 def prunable_parameters(module: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, str]]:
     """Dotted parameter names (as before any pruning: ``"fc.weight"``, never
     ``"fc.weight_orig"``) -> (owning submodule, attribute name)."""
+    check_module(module, "prunable_parameters")
     found: dict[str, tuple[Any, str]] = {}
     for prefix, sub in module.named_modules():
         pruned = _pruned_names(sub)
@@ -73,6 +74,7 @@ def _current(sub: torch.nn.Module, name: str) -> tuple[torch.Tensor, torch.Tenso
 def plan_module(module: torch.nn.Module, rules: Rules, *, factory_amount: Any = None) -> Plan:
     """The planner's plan of ``rules`` over ``prunable_parameters(module)``
     (paths are the torch names; a callable rule gets ``(name, tensor)``)."""
+    check_module(module, "plan_module")
     params = prunable_parameters(module)
     tensors = {name: _current(sub, attr)[0] for name, (sub, attr) in params.items()}
     named = [(name, jax.ShapeDtypeStruct(tuple(t.shape), _jax_dtype(t.dtype))) for name, t in tensors.items()]
@@ -99,6 +101,7 @@ def compute_module_masks(
     importance_scores: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, jax.Array]:
     """The masks ``prune_module`` would install, as ``{name: bool jax array}``; the module is not touched."""
+    check_module(module, "compute_module_masks")
     params = prunable_parameters(module)
     p = plan_module(module, rules)
     if key is not None:
@@ -157,6 +160,7 @@ def prune_module(
     >>> torch.nn.utils.prune.is_pruned(net), int((net.weight == 0).sum())
     (True, 4)
     """
+    check_module(module, "prune_module")
     masks = compute_module_masks(key, module, rules, importance_scores=importance_scores)
     params = prunable_parameters(module)
     touched: list[tuple[Any, str, dict[str, Any]]] = []

@@ -26,6 +26,7 @@ exactly. float64 and int64 follow JAX's x64 setting: with x64 on they stay
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import jax
@@ -46,6 +47,19 @@ def _torch():
     except ImportError as err:  # pragma: no cover - exercised only without torch
         raise ImportError("jaxprune.interop needs torch: pip install 'jaxprune[torch]'") from err
     return torch
+
+
+def check_module(module: object, where: str) -> None:
+    """Refuse anything but a ``torch.nn.Module`` where the bridge needs one
+    (a state_dict is the usual mistake: the layouts come from the layer types)."""
+    torch = _torch()
+    if isinstance(module, torch.nn.Module):
+        return
+    if isinstance(module, Mapping):
+        raise TypeError(f"{where}: expected a torch.nn.Module, got a {type(module).__name__} (a state_dict?): build "
+                        "the module and load the state_dict into it (module.load_state_dict(state_dict)), then "
+                        "pass the module")
+    raise TypeError(f"{where}: expected a torch.nn.Module, got {type(module).__name__}")
 
 
 def _dtype_name(dtype: object) -> str:

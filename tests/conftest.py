@@ -38,7 +38,8 @@ collect_ignore = [] if jax.device_count() >= 8 else ["multidevice"]
 
 # The quick subset, `python -m pytest -q -m "not slow"`, leaves out the tests
 # that start other Python processes (the command line, the 8-device session,
-# x64, the demo): most of the suite's time, little of its surface.
+# x64, the demo, the cache), and the real vision models (marked in their file):
+# most of the suite's time, little of its surface.
 SLOW_MODULES = {"test_cli.py", "test_examples.py", "test_multidevice.py", "test_x64.py"}
 
 

@@ -595,6 +595,12 @@ class Mixed(torch.nn.Module):
         self.b3 = _bn_stats(torch.nn.BatchNorm3d(4))
         self.blocks = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), _bn_stats(torch.nn.BatchNorm2d(6)),
                                           torch.nn.Linear(6, 3))
+        self.t1, self.t2, self.t3 = (torch.nn.ConvTranspose1d(3, 4, 2), torch.nn.ConvTranspose2d(2, 3, (2, 3)),
+                                     torch.nn.ConvTranspose3d(2, 2, 2))
+        self.attn = torch.nn.MultiheadAttention(6, 2)
+        with torch.no_grad():
+            self.attn.in_proj_bias.uniform_(-1, 1)  # torch's zeros would tie every entry
+        self.gn, self.rms = _bn_stats(torch.nn.GroupNorm(2, 4)), torch.nn.RMSNorm(5)
 
 
 MIXED_RULES = {
@@ -608,6 +614,10 @@ MIXED_RULES = {
     "blocks.0.weight": jp.RandomStructured(0.5, dim=1),
     "blocks.1.bias": jp.RandomUnstructured(0.5),
     "blocks.2.weight": jp.LnStructured(0.34, n=1, dim=0),
+    "t2.weight": jp.LnStructured(0.34, n=2, dim=1),
+    "attn.in_proj_weight": jp.L1Unstructured(0.4),
+    "attn.out_proj.weight": jp.RandomStructured(0.5, dim=0),
+    "gn.weight": jp.L1Unstructured(2),
 }
 
 
@@ -617,6 +627,8 @@ def test_flax_rules_give_torch_masks_on_every_layer_type():
 
 def test_flax_rules_with_renamed_modules_and_a_callable_rule():
     def rule(name: str, tensor: torch.Tensor) -> Any:
+        if ".in_proj_" in name:  # split over three Flax leaves: L1 only
+            return jp.L1Unstructured(0.3)
         if name.endswith("weight") and tensor.ndim > 1:
             return jp.RandomStructured(0.25, dim=0)
         return jp.RandomUnstructured(0.2) if name.endswith("bias") else None
@@ -675,7 +687,10 @@ class WithScale(torch.nn.Module):
 UNSUPPORTED = {
     "gru": (lambda: torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GRU(4, 3)), r"'1'.*GRU"),
     "custom-parameter": (WithScale, r"\(root\).*WithScale.*temperature"),
-    "conv-transpose": (lambda: torch.nn.Sequential(torch.nn.ConvTranspose2d(3, 4, 3)), r"'0'.*ConvTranspose2d"),
+    "conv-transpose-groups": (lambda: torch.nn.Sequential(torch.nn.ConvTranspose2d(4, 4, 3, groups=2)),
+                              r"'0'.*ConvTranspose2d.*groups=2: Flax's ConvTranspose has no feature groups"),
+    "attention-bias-kv": (lambda: torch.nn.Sequential(torch.nn.MultiheadAttention(4, 2, add_bias_kv=True)),
+                          r"'0'.*MultiheadAttention.*add_bias_kv=True.*no bias_k/bias_v"),
     "nested-custom": (lambda: torch.nn.Sequential(torch.nn.Linear(2, 2), WithScale()), r"'1'.*WithScale"),
 }
 
@@ -838,13 +853,12 @@ def affine(layer: torch.nn.Module, name: str, ndim: int) -> Any:
 def test_a_registered_layer_converts_both_ways_and_computes_the_same(registry):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), _bn_stats(torch.nn.GroupNorm(2, 4)))
-    with pytest.raises(ValueError, match=r"'1' of type GroupNorm .*supported: .*Embedding; "
-                                         r"interop\.register_layout adds one"):
-        interop.torch_to_flax(net)
-    interop.register_layout(torch.nn.GroupNorm, group_norm)
+    built_in = interop.torch_to_flax(net, names={"0": "conv", "1": "norm"})
+    interop.register_layout(torch.nn.GroupNorm, group_norm)  # replaces the built-in layout, the same one
     variables = interop.torch_to_flax(net, names={"0": "conv", "1": "norm"})
     assert jax.tree.map(jnp.shape, variables) == {
         "params": {"conv": {"kernel": (3, 3, 3, 4), "bias": (4,)}, "norm": {"scale": (4,), "bias": (4,)}}}
+    assert jax.tree.all(jax.tree.map(jnp.array_equal, variables, built_in))
 
     class Linen(nn.Module):
         @nn.compact
@@ -914,14 +928,16 @@ def test_a_registered_mapper_giving_a_bad_answer_raises_naming_it(registry, answ
 
 def test_the_unsupported_layer_error_lists_the_table(registry):
     gru = torch.nn.Sequential(torch.nn.GRU(2, 2))
-    with pytest.raises(ValueError, match=r"supported: Conv1d, Conv2d, Conv3d, Linear, BatchNorm1d, BatchNorm2d, "
-                                         r"BatchNorm3d, LayerNorm, Embedding; interop\.register_layout adds one\)"):
+    builtins = (r"Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d, Linear, transformers "
+                r"Conv1D, MultiheadAttention, BatchNorm1d, BatchNorm2d, BatchNorm3d, LayerNorm, GroupNorm, RMSNorm, "
+                r"LlamaRMSNorm, Embedding")
+    with pytest.raises(ValueError, match=rf"supported: {builtins}; interop\.register_layout adds one\)"):
         interop.torch_to_flax(gru)
     interop.register_layout(Affine, affine)
     interop.register_layout(torch.nn.GroupNorm, group_norm)
     interop.register_layout(torch.nn.Linear, affine)  # listed once, where it is looked up first
     with pytest.raises(ValueError, match=r"supported: Linear, GroupNorm, Affine, Conv1d, Conv2d, Conv3d, "
-                                         r"BatchNorm1d, BatchNorm2d, BatchNorm3d, LayerNorm, Embedding;"):
+                                         r"ConvTranspose1d, .*, Embedding;"):
         interop.torch_to_flax(gru)
 
 
@@ -929,5 +945,6 @@ def test_mixed_holds_every_built_in_layer_type():
     """So a row added to the table is tested by the every-layer-type tests."""
     from jaxprune.interop import _layouts
 
-    built_in = {t for types, _ in _layouts._builtin_layers() for t in types}
+    built_in = {t for types, _ in _layouts._builtin_layers() for t in types
+                if not t.__module__.startswith("transformers")}  # those: tests/test_interop_architectures.py
     assert built_in <= {type(m) for m in Mixed().modules()}
