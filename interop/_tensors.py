@@ -146,7 +146,7 @@ def to_torch(array: jax.Array | np.ndarray, *, copy: bool = False) -> torch.Tens
     """
     torch = _torch()
     if isinstance(array, np.ndarray):
-        array = jnp.asarray(array)
+        array = jax.device_put(array)  # not jnp.asarray, which compiles a copy per shape
     if not isinstance(array, jax.Array):
         raise TypeError(f"to_torch expects a jax.Array or numpy array, got {type(array).__name__}")
     if len(array.devices()) > 1:
