@@ -174,7 +174,7 @@ def measure_cli(model: str, method: str, folder: Path) -> dict[str, float]:
             print("ok")
         """), _env())
     _, _, rule, random = METHODS[method]
-    cmd = [sys.executable, "-m", "jaxprune.cli", "prune", str(ckpt), "-o", str(folder / "out.safetensors")]
+    cmd = [sys.executable, "-m", "jaxprune", "prune", str(ckpt), "-o", str(folder / "out.safetensors")]
     cmd += ["--global", "0.5", "--rule", f"*[ndim>=2]={rule}"] if method == "global" else [
         "--rule", f"*[ndim>=2]={rule}"]
     cmd += ["--rule", "*=skip"] + (["--seed", "0"] if random else [])
@@ -194,7 +194,7 @@ def measure_cli(model: str, method: str, folder: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="resnet18,mobilenet_v3_small,vit_tiny,convnext_atto,gpt2,bert,llama")
+    parser.add_argument("--models", default="resnet18,mobilenet_v3_small,vit_tiny,convnext_atto,gpt2_tiny,bert_tiny,llama_tiny")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--no-cli", action="store_true")

@@ -52,7 +52,8 @@ def host_tensor(t: ArrayLike, name: str = "t") -> np.ndarray:
         _check_real(t.dtype, name)
         return np.asarray(t)
     host = _host_array(t, name)
-    if host.dtype.kind not in "iuf" and host.dtype != jnp.bfloat16:
+    if host.dtype == np.bool_ or not (jnp.issubdtype(host.dtype, jnp.integer) or jnp.issubdtype(host.dtype,
+                                                                                                 jnp.floating)):
         raise TypeError(f"{name} must have a real numeric dtype (integer or floating), got {host.dtype}: {t!r}")
     _check_narrowing(host, name)
     return host.astype(jax.dtypes.canonicalize_dtype(host.dtype), copy=False)
@@ -258,6 +259,9 @@ def on_host(*values: object) -> bool:
             continue
         if is_traced(x):
             return False
+        dtype = getattr(x, "dtype", None)
+        if dtype is not None and np.dtype(dtype).kind not in "biuf" and dtype != jnp.bfloat16:
+            return False  # float8 and other ml_dtypes: the kernels (the bit tricks here assume IEEE layouts)
         if isinstance(x, jax.Array):
             devices = x.sharding.device_set
             if len(devices) != 1 or next(iter(devices)).platform != "cpu":

@@ -50,7 +50,7 @@ def match_patterns(
     # not a regex (a rule per parameter, as the torch bridge writes, is common).
     literal = {p: not any(c in p for c in "*?[") for p in rules}
     for index, name in enumerate(names):
-        hits = [p for p in rules if (p == name if literal[p] else fnmatch.fnmatchcase(name, p))
+        hits = [p for p in rules if (str(p) == name if literal[p] else fnmatch.fnmatchcase(name, p))
                 and (eligible is None or eligible(index, p))]
         matched.update(hits)
         if hits:

@@ -188,12 +188,13 @@ def compute_masks(weights: Weights, chosen: Mapping[str, Rule], request: Request
 def _defaults(weights: Weights, names: list[str]) -> dict[str, Any] | None:
     if not any(name in weights.masks for name in names):
         return None
-    return {name: jnp.asarray(weights.masks[name]) if name in weights.masks else None for name in names}
+    return {name: weights.masks.get(name) for name in names}
 
 
 def _prune_one(key: jax.Array | None, weights: Weights, name: str, rule: Rule) -> np.ndarray:
     method = rule.spec.build()
-    params = {name: jnp.asarray(weights.effective(name))}
+    # NumPy arrays: jaxprune's host path prunes them without compiling a kernel per shape.
+    params = {name: weights.effective(name)}
     try:
         masks = jp.prune_tree(key, params, lambda path, leaf: method, default_masks=_defaults(weights, [name]))
     except (ValueError, TypeError, IndexError) as err:
@@ -205,7 +206,7 @@ def _prune_one(key: jax.Array | None, weights: Weights, name: str, rule: Rule) -
 def _prune_group(key: jax.Array | None, weights: Weights, group: list[str], request: Request) -> dict[str, np.ndarray]:
     assert request.global_amount is not None and request.global_method is not None  # a --global request
     rule = jp.GlobalUnstructured(request.global_amount, method=request.global_method)
-    params = {name: jnp.asarray(weights.effective(name)) for name in group}
+    params = {name: weights.effective(name) for name in group}
     try:
         masks = jp.prune_tree(key, params, lambda path, leaf: rule, default_masks=_defaults(weights, group))
     except (ValueError, TypeError, IndexError) as err:
@@ -218,9 +219,9 @@ def output_tensors(weights: Weights, masks: Mapping[str, np.ndarray], torch_repa
     """What OUT holds: ``*_orig``/``*_mask`` pairs, or the effective (pruned) weights."""
     if torch_reparam:
         return _state_dicts.join_pairs(weights.dense, masks, as_mask=lambda name, m, w: m.astype(w.dtype))
-    with jax.enable_x64(True):
-        return {name: np.asarray(jp.apply_masks(jnp.asarray(w), jnp.asarray(masks[name])))
-                if name in masks else w for name, w in weights.dense.items()}
+    # Pruned entries exactly 0 (even NaN or inf ones), every dtype kept as it is.
+    return {name: np.where(masks[name], w, np.zeros((), w.dtype)) if name in masks else w
+            for name, w in weights.dense.items()}
 
 
 def write_outputs(args: argparse.Namespace, ckpt: Checkpoint, out: Mapping[str, np.ndarray],
