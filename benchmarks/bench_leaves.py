@@ -13,12 +13,17 @@ the first call and the median of warm calls, the jaxpr's equations (nested
 ones included), and the process's peak RSS over lowering, compiling and
 calling (VmHWM reset once the tree exists). ``--per-array`` adds the
 per-array selection (what several devices run, and what one device ran
-before) up to ``--per-array-max`` leaves.
+before) up to ``--per-array-max`` leaves. ``--floor`` adds the floor of any
+jitted function with one output per leaf: ``x * a > 0`` leaf by leaf (one
+XLA:CPU kernel per leaf, each compiled on its own).
 
 Leaf ``i`` has shape ``(16 + i % 32, 24 + i // 32)``: distinct, 384 to a few
-thousand float32 values.
+thousand float32 values. ``--big`` makes leaf ``i`` ``(2000 + i, 1000)``
+instead (2M values each), where the peak memory of the two paths differs
+visibly (the concatenated path copies the scores and their keys).
 
 Run: python benchmarks/bench_leaves.py [--leaves 10,30,100,300,1000] [--per-array] [--per-array-max 100]
+[--floor] [--big]
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ import time
 from _machine import describe, reset_peak_rss, status_bytes
 
 
-def shapes(n: int) -> list[tuple[int, int]]:
+def shapes(n: int, big: bool = False) -> list[tuple[int, int]]:
+    if big:
+        return [(2000 + i, 1000) for i in range(n)]
     return [(16 + i % 32, 24 + i // 32) for i in range(n)]
 
 
@@ -53,7 +60,7 @@ def _equations(jaxpr) -> int:
     return count
 
 
-def child(n: int, per_array: bool, repeats: int) -> dict:
+def child(n: int, path: str, repeats: int, big: bool) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -62,13 +69,16 @@ def child(n: int, per_array: bool, repeats: int) -> dict:
     from jaxprune import _selection
 
     rng = np.random.default_rng(0)
-    tree = {f"layer{i:04d}": jnp.asarray(rng.standard_normal(s, dtype=np.float32)) for i, s in enumerate(shapes(n))}
+    tree = {f"layer{i:04d}": jnp.asarray(rng.standard_normal(s, dtype=np.float32))
+            for i, s in enumerate(shapes(n, big))}
     amount = jnp.float32(0.5)
 
     def step(t, a):
+        if path == "floor":
+            return jax.tree.map(lambda x: x * a > 0, t)
         return jp.global_unstructured(t, a)
 
-    with _selection.forced(concatenate=False if per_array else None):
+    with _selection.forced(concatenate=False if path == "per array" else None):
         equations = _equations(jax.make_jaxpr(step)(tree, amount).jaxpr)
         reset_peak_rss()
         start = time.perf_counter()
@@ -87,19 +97,19 @@ def child(n: int, per_array: bool, repeats: int) -> dict:
             warm.append(time.perf_counter() - start)
     total = sum(x.size for x in tree.values())
     pruned = sum(int(m.size - np.count_nonzero(np.asarray(m))) for m in jax.tree.leaves(masks))
-    assert pruned == round(0.5 * total), (pruned, total)
+    assert path == "floor" or pruned == round(0.5 * total), (pruned, total)
     return {
-        "leaves": n, "values": total, "path": "per array" if per_array else "concatenated",
+        "leaves": n, "values": total, "path": path,
         "equations": equations, "lower_s": lower_s, "compile_s": compile_s, "first_s": first_s,
         "warm_s": float(np.median(warm)), "peak_rss": status_bytes("VmHWM"),
     }
 
 
-def measure(n: int, per_array: bool, repeats: int) -> dict:
+def measure(n: int, path: str, repeats: int, big: bool) -> dict:
     here = os.path.dirname(os.path.abspath(__file__))
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", str(n), "--repeats", str(repeats)]
-    if per_array:
-        cmd.append("--per-array")
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", str(n), "--path", path, "--repeats", str(repeats)]
+    if big:
+        cmd.append("--big")
     out = subprocess.run(cmd, cwd=here, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -109,11 +119,14 @@ def main() -> None:
     parser.add_argument("--leaves", default="10,30,100,300,1000", help="comma-separated leaf counts")
     parser.add_argument("--per-array", action="store_true", help="also the per-array selection (the old path)")
     parser.add_argument("--per-array-max", type=int, default=100, help="largest leaf count for --per-array")
+    parser.add_argument("--floor", action="store_true", help="also x * a > 0 leaf by leaf (the floor)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--path", default="concatenated", help=argparse.SUPPRESS)
+    parser.add_argument("--big", action="store_true", help="leaves of 2M values (memory)")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(child(args.child, args.per_array, args.repeats)))
+        print(json.dumps(child(args.child, args.path, args.repeats, args.big)))
         return
     import jax
 
@@ -121,11 +134,13 @@ def main() -> None:
     print("| leaves | values | path | jaxpr eqns | trace+lower s | compile s | first call s | warm ms | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|")
     counts = [int(n) for n in args.leaves.split(",")]
-    runs = [(n, False) for n in counts]
+    runs = [(n, "concatenated") for n in counts]
     if args.per_array:
-        runs += [(n, True) for n in counts if n <= args.per_array_max]
-    for n, per_array in runs:
-        r = measure(n, per_array, args.repeats)
+        runs += [(n, "per array") for n in counts if n <= args.per_array_max]
+    if args.floor:
+        runs += [(n, "floor") for n in counts]
+    for n, path in runs:
+        r = measure(n, path, args.repeats, args.big)
         print(f"| {r['leaves']} | {r['values']:,} | {r['path']} | {r['equations']:,} | {r['lower_s']:.1f} | "
               f"{r['compile_s']:.1f} | {r['first_s']:.2f} | {r['warm_s'] * 1e3:.1f} | {r['peak_rss'] / 2**20:.0f} |",
               flush=True)
