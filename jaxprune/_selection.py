@@ -23,8 +23,15 @@ running sums are two-word :class:`~jaxprune._amounts.Count` values, each
 scatter counts fewer than 2**32 entries into uint32 bins, and arrays are
 addressed by rows (int32 row indices), never by int32 flat positions.
 
-How it runs (the sort threshold, chunk and row sizes, and whether shapes are
-kept) is :class:`Settings`, changed for a block with :func:`forced`.
+How it runs (the sort threshold, chunk and row sizes, whether shapes are
+kept and whether several arrays are laid end to end) is :class:`Settings`,
+changed for a block with :func:`forced`.
+
+Many arrays (a tree of hundreds of leaves): with one device, their keys are
+laid end to end and selected as one array (:func:`concatenates`), so the
+compiled code is one kernel plus a concatenation and a split, whatever the
+number of arrays. Code per array made XLA's compile time grow faster than
+linearly with their number (benchmarks/bench_leaves.py).
 
 Sharding: when the process has several devices, arrays may be sharded, and
 flattening or slicing them into chunks would make XLA gather whole parameters
@@ -90,10 +97,13 @@ HOST_MAX = 1 << 24
 class Settings:
     """How the selection runs. ``keep_shapes``: keep array shapes (the
     sharding-safe path); None picks it when there are several devices or the
-    backend is not the CPU. ``host``: let concrete inputs in host memory (up
-    to ``host_max`` values) take the NumPy path. The others are the sizes above."""
+    backend is not the CPU. ``concatenate``: select from several arrays laid
+    end to end; None picks it when there is one device. ``host``: let
+    concrete inputs in host memory (up to ``host_max`` values) take the NumPy
+    path. The others are the sizes above."""
 
     keep_shapes: bool | None = None
+    concatenate: bool | None = None
     sort_max: int = SORT_MAX
     chunk: int = CHUNK
     row_max: int = ROW_MAX
@@ -258,6 +268,16 @@ def keeps_shapes() -> bool:
     return jax.device_count() > 1 or jax.default_backend() != "cpu"
 
 
+def concatenates() -> bool:
+    """Whether several arrays are selected from as one, their keys laid end to
+    end (a copy of the keys): with one device (no array is sharded, so the
+    concatenation gathers nothing), unless :func:`forced` says."""
+    forced_value = settings().concatenate
+    if forced_value is not None:
+        return forced_value
+    return jax.device_count() == 1
+
+
 def like(x: Array, t: Array) -> Array:
     """``x`` constrained to ``t``'s sharding (same shape) where arrays may be sharded."""
     if shard_alike is not None and keeps_shapes() and x.shape == t.shape:
@@ -306,6 +326,8 @@ def select_lowest(
     if sum(x.size for x in xs) <= settings().sort_max:
         flat = _select_by_sort([to_keys(jnp.ravel(x)) for x in xs], [_ravel(c) for c in cs], count_int32(k))
         selected = [sel.reshape(x.shape) for sel, x in zip(flat, xs)]
+    elif len(xs) > 1 and concatenates() and len({_key_dtype(to_keys, x) for x in xs}) == 1:
+        selected = _select_concatenated(xs, cs, k, to_keys, on_pass)
     else:
         selected = _select_by_radix(xs, cs, k, to_keys, on_pass)
     for i, sel in zip(nonempty, selected):
@@ -323,6 +345,56 @@ def radix_passes(sizes: Sequence[int], key_dtype: np.dtype) -> int:
 
 def _ravel(c: Array | None) -> Array | None:
     return None if c is None else jnp.ravel(c)
+
+
+def _key_dtype(to_keys: Callable[[Array], Array], x: Array) -> np.dtype:
+    return np.dtype(jax.eval_shape(to_keys, jax.ShapeDtypeStruct((1,), x.dtype)).dtype)
+
+
+def _unchanged(keys: Array) -> Array:
+    return keys
+
+
+def _select_concatenated(
+    scores: list[Array],
+    cands: list[Array | None],
+    k: Count,
+    to_keys: Callable[[Array], Array],
+    on_pass: Callable[[int], None] | None,
+) -> list[Array]:
+    """Several arrays as one: the radix select of their keys laid end to end,
+    split back into the arrays' shapes.
+
+    Selecting from the concatenation is the contract itself (ties by position
+    in it), so the masks are bit for bit those of the arrays taken one by one,
+    and the compiled code no longer grows with the number of arrays beyond a
+    concatenation and a split. Scores of one dtype are concatenated before
+    their keys are made (one kernel; per array, XLA:CPU compiles one kernel
+    each). The cost: a copy of the keys (4 bytes per entry, 8 for 64-bit
+    keys), briefly next to the concatenated scores, and when an array has
+    candidates, a copy of those (1 byte per entry). The keys are padded with
+    the largest key up to a multiple of ``row_max``, so that the flat row view
+    has long rows whatever the sizes; padding ranks after every entry (largest
+    key, last positions) and the caller's ``k`` is at most the number of
+    candidates, so it is never selected.
+    """
+    if len({x.dtype for x in scores}) == 1:  # one key computation (XLA: one kernel, not one per array)
+        keys = [to_keys(jnp.concatenate([jnp.ravel(x) for x in scores]))]
+    else:
+        keys = [to_keys(jnp.ravel(x)) for x in scores]
+    pad = -sum(x.size for x in scores) % settings().row_max
+    udt = keys[0].dtype
+    keys.append(jnp.full(pad, np.iinfo(udt).max, udt))
+    cand = None
+    if any(c is not None for c in cands):
+        parts = [jnp.ones(x.size, bool) if c is None else jnp.ravel(c) for x, c in zip(scores, cands)]
+        cand = jnp.concatenate([*parts, jnp.zeros(pad, bool)])
+    (selected,) = _select_by_radix([jnp.concatenate(keys)], [cand], k, _unchanged, on_pass)
+    out, start = [], 0
+    for x in scores:
+        out.append(selected[start : start + x.size].reshape(x.shape))
+        start += x.size
+    return out
 
 
 def _select_by_sort(keys: list[Array], cands: list[Array | None], k: Array) -> list[Array]:
