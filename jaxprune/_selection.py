@@ -88,6 +88,11 @@ SORT_MAX = 4096
 CHUNK = 1 << 18
 #: Row length cap for the tie cut (rows of at most this many values).
 ROW_MAX = 4096
+#: Several arrays of at most this many values in total are selected from as
+#: one, laid end to end (compile time linear in the number of arrays, for a
+#: copy of their keys: 256 MiB of 32-bit keys at this size); bigger groups are
+#: selected array by array, copying nothing.
+CONCAT_MAX = 1 << 26
 #: Concrete host-resident inputs of at most this many values in total are
 #: selected in NumPy, with nothing to compile (see jaxprune/_host.py).
 HOST_MAX = 1 << 24
@@ -104,6 +109,7 @@ class Settings:
 
     keep_shapes: bool | None = None
     concatenate: bool | None = None
+    concat_max: int = CONCAT_MAX
     sort_max: int = SORT_MAX
     chunk: int = CHUNK
     row_max: int = ROW_MAX
@@ -326,7 +332,8 @@ def select_lowest(
     if sum(x.size for x in xs) <= settings().sort_max:
         flat = _select_by_sort([to_keys(jnp.ravel(x)) for x in xs], [_ravel(c) for c in cs], count_int32(k))
         selected = [sel.reshape(x.shape) for sel, x in zip(flat, xs)]
-    elif len(xs) > 1 and concatenates() and len({_key_dtype(to_keys, x) for x in xs}) == 1:
+    elif (len(xs) > 1 and concatenates() and sum(x.size for x in xs) <= settings().concat_max
+          and len({_key_dtype(to_keys, x) for x in xs}) == 1):
         selected = _select_concatenated(xs, cs, k, to_keys, on_pass)
     else:
         selected = _select_by_radix(xs, cs, k, to_keys, on_pass)

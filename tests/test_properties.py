@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 import re
 
@@ -845,9 +846,13 @@ def test_eager_calls_on_the_host_trace_nothing(method, with_dm):
             for a in (0.3, 0.7, 2):
                 jax.block_until_ready(call(t, a, dm))
     assert traces == []
-    with _selection.forced(host=False), counting_traces() as traces:  # guard: the counter sees kernels
+    # Guard: the counter sees kernels (settings never used before: the jit caches cannot hold them).
+    with _selection.forced(host=False, host_max=next(_UNUSED_HOST_MAX)), counting_traces() as traces:
         jax.block_until_ready(kernel_call_with_new_shape(call, with_dm))
     assert traces
+
+
+_UNUSED_HOST_MAX = itertools.count(1_000_003)
 
 
 def _check_no_retrace(call, with_dm):
