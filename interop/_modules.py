@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxprune as jp
+from jaxprune._methods import numpy_results
 from jaxprune._plan import Plan, check_key, check_key_for, compute_masks, plan
 from jaxprune._state_dicts import join_pairs, kept, split_pairs
 
@@ -71,11 +72,12 @@ def _current(sub: torch.nn.Module, name: str) -> tuple[torch.Tensor, torch.Tenso
     return param, None
 
 
-def plan_module(module: torch.nn.Module, rules: Rules, *, factory_amount: Any = None) -> Plan:
+def plan_module(module: torch.nn.Module, rules: Rules, *, factory_amount: Any = None,
+                _params: dict[str, tuple[torch.nn.Module, str]] | None = None) -> Plan:
     """The planner's plan of ``rules`` over ``prunable_parameters(module)``
     (paths are the torch names; a callable rule gets ``(name, tensor)``)."""
     check_module(module, "plan_module")
-    params = prunable_parameters(module)
+    params = prunable_parameters(module) if _params is None else _params
     tensors = {name: _current(sub, attr)[0] for name, (sub, attr) in params.items()}
     named = [(name, jax.ShapeDtypeStruct(tuple(t.shape), _jax_dtype(t.dtype))) for name, t in tensors.items()]
     if callable(rules) and not isinstance(rules, Mapping):
@@ -102,8 +104,21 @@ def compute_module_masks(
 ) -> dict[str, jax.Array]:
     """The masks ``prune_module`` would install, as ``{name: bool jax array}``; the module is not touched."""
     check_module(module, "compute_module_masks")
-    params = prunable_parameters(module)
-    p = plan_module(module, rules)
+    masks = _module_masks(key, module, rules, importance_scores)
+    return {name: mask if isinstance(mask, jax.Array) else jax.device_put(mask) for name, mask in masks.items()}
+
+
+def _module_masks(
+    key: jax.Array | None,
+    module: torch.nn.Module,
+    rules: Rules,
+    importance_scores: Mapping[str, torch.Tensor] | None,
+    params: dict[str, tuple[torch.nn.Module, str]] | None = None,
+) -> dict[str, jax.Array | np.ndarray]:
+    """:func:`compute_module_masks`, with masks from jaxprune's NumPy path left
+    as NumPy arrays (the usual case for a module on the CPU)."""
+    params = prunable_parameters(module) if params is None else params
+    p = plan_module(module, rules, _params=params)
     if key is not None:
         key = check_key(key)
     check_key_for(p, key)
@@ -112,9 +127,9 @@ def compute_module_masks(
     if unknown:
         raise ValueError(f"importance_scores for parameters no rule prunes: {sorted(unknown)}")
     names = list(params)
-    leaves: list[jax.Array | None] = [None] * len(names)
-    scores: list[jax.Array | None] = [None] * len(names)
-    default_masks: list[jax.Array | None] = [None] * len(names)
+    leaves: list[jax.Array | np.ndarray | None] = [None] * len(names)
+    scores: list[jax.Array | np.ndarray | None] = [None] * len(names)
+    default_masks: list[jax.Array | np.ndarray | None] = [None] * len(names)
     for a in p.assignments:
         tensor, mask = _current(*params[a.path])
         given = importance_scores.get(a.path)
@@ -123,11 +138,23 @@ def compute_module_masks(
                                        f"expected {tuple(tensor.shape)}")
         # Views, not copies: every mask is finished (block_until_ready below) before
         # this function returns, so no later change to the module can reach them.
-        leaves[a.index] = to_jax(tensor)
-        scores[a.index] = None if given is None else to_jax(given)
-        default_masks[a.index] = None if mask is None else to_jax(kept(mask))
-    masks = compute_masks(p, key, leaves, default_masks=default_masks, scores=scores)
+        leaves[a.index] = _view(tensor)
+        scores[a.index] = None if given is None else _view(given)
+        default_masks[a.index] = None if mask is None else _view(kept(mask))
+    with numpy_results():
+        masks = compute_masks(p, key, leaves, default_masks=default_masks, scores=scores)
     return jax.block_until_ready({names[a.index]: masks[a.index] for a in p.assignments})
+
+
+_NUMPY_VIEWS = {"float32", "float64", "float16", "int8", "int16", "int32", "int64", "uint8", "bool"}
+
+
+def _view(tensor: torch.Tensor) -> jax.Array | np.ndarray:
+    """A CPU tensor as a NumPy view (jaxprune's NumPy path reads it as it is), any other as a jax array."""
+    t = tensor.detach()
+    if t.device.type == "cpu" and str(t.dtype).removeprefix("torch.") in _NUMPY_VIEWS and not t.is_conj():
+        return t.numpy()
+    return to_jax(t)
 
 
 def prune_module(
@@ -161,8 +188,8 @@ def prune_module(
     (True, 4)
     """
     check_module(module, "prune_module")
-    masks = compute_module_masks(key, module, rules, importance_scores=importance_scores)
     params = prunable_parameters(module)
+    masks = _module_masks(key, module, rules, importance_scores, params)
     touched: list[tuple[Any, str, dict[str, Any]]] = []
     torch = _torch()
     prune = torch.nn.utils.prune
@@ -173,7 +200,8 @@ def prune_module(
             # The mask goes where the parameter is (jax may have computed it on
             # another device, e.g. its default GPU for a CPU module), in its
             # dtype and memory format, as torch's own masks.
-            mask_tensor = torch.empty_like(current, requires_grad=False).copy_(to_torch(mask))
+            source = torch.from_numpy(mask) if isinstance(mask, np.ndarray) else to_torch(mask)
+            mask_tensor = torch.empty_like(current, requires_grad=False).copy_(source)
             # Saved before torch starts: its own rollback covers only some of its
             # steps and no BaseException, so the failing submodule needs ours too.
             touched.append((sub, attr, _save_state(sub, attr)))

@@ -22,7 +22,9 @@ torch's ``topk`` (benchmarks/bench_models.py).
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import os
 from collections.abc import Sequence
 from typing import Literal
 
@@ -162,19 +164,51 @@ def threefry_words(key: object) -> tuple[int, int] | None:
 def fold_in(key: tuple[int, int], data: int) -> tuple[int, int]:
     """``jax.random.fold_in``'s new key words for a threefry key: threefry-2x32
     of the pair ``(0, data)`` (``data`` a uint32)."""
-    x0, x1 = _threefry2x32(key, np.zeros(1, np.uint32), np.array([data], np.uint32))
-    return int(x0[0]), int(x1[0])
+    return _threefry2x32_ints(key, 0, data)
 
 
 def random_bits(key: tuple[int, int], n: int) -> np.ndarray:
     """``jax.random.bits(key, (n,), jnp.uint32)`` for a threefry key, bit for bit:
     entry ``i`` is the xor of the two words of threefry-2x32 of the counter ``i``."""
+    if n <= _SCALAR_MAX:  # a few draws (a structured method's slices): plain ints beat NumPy's per-call cost
+        return np.array([x0 ^ x1 for x0, x1 in (_threefry2x32_ints(key, i >> 32, i & _MASK) for i in range(n))],
+                        np.uint32)
     out = np.empty(n, np.uint32)
-    for start in range(0, n, _CHUNK):
-        counter = np.arange(start, min(n, start + _CHUNK), dtype=np.uint64)
+    starts = range(0, n, _CHUNK)
+    workers = min(_THREADS, len(starts))
+    if workers <= 1:
+        _bits_into(out, key, starts)
+    else:  # NumPy releases the GIL in the rounds: one block of chunks per thread
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda i: _bits_into(out, key, starts[i::workers]), range(workers)))
+    return out
+
+
+_THREADS = min(4, os.cpu_count() or 1)
+
+
+def _bits_into(out: np.ndarray, key: tuple[int, int], starts: Sequence[int]) -> None:
+    for start in starts:
+        counter = np.arange(start, min(out.size, start + _CHUNK), dtype=np.uint64)
         x0, x1 = _threefry2x32(key, (counter >> np.uint64(32)).astype(np.uint32), counter.astype(np.uint32))
         np.bitwise_xor(x0, x1, out=out[start:start + counter.size])
-    return out
+
+
+_SCALAR_MAX = 64
+_MASK = 0xFFFFFFFF
+
+
+def _threefry2x32_ints(key: tuple[int, int], x0: int, x1: int) -> tuple[int, int]:
+    """:func:`_threefry2x32` of one word pair, in Python ints."""
+    ks = (key[0], key[1], key[0] ^ key[1] ^ 0x1BD11BDA)
+    x0, x1 = (x0 + ks[0]) & _MASK, (x1 + ks[1]) & _MASK
+    for block in range(5):
+        for r in _ROTATIONS[block % 2]:
+            x0 = (x0 + x1) & _MASK
+            x1 = (((x1 << r) | (x1 >> (32 - r))) & _MASK) ^ x0
+        x0 = (x0 + ks[(block + 1) % 3]) & _MASK
+        x1 = (x1 + ks[(block + 2) % 3] + block + 1) & _MASK
+    return x0, x1
 
 
 def _threefry2x32(key: tuple[int, int], x0: np.ndarray, x1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -206,13 +240,14 @@ def slice_norms(t: np.ndarray, n: float | Literal["fro", "nuc"], dim: int) -> np
         mats = np.moveaxis(t.astype(np.float64), dim, 0)
         return np.linalg.svd(mats, compute_uv=False).sum(axis=-1)
     others = tuple(d for d in range(t.ndim) if d != dim)
-    a = np.abs(t.astype(np.float64))  # float64 holds every float32 value exactly, subnormals included
+    a = t.astype(np.float64)  # a copy: float64 holds every float32 value exactly, subnormals included
+    if n == "fro" or n == 2.0:
+        return np.sqrt(np.square(a, out=a).sum(axis=others))
+    a = np.abs(a, out=a)
     if n == math.inf:
         return a.max(axis=others, initial=0.0)
     if n == -math.inf:
         return a.min(axis=others, initial=math.inf)
-    if n == "fro" or n == 2.0:
-        return np.sqrt((a * a).sum(axis=others))
     if n == 0.0:
         return np.count_nonzero(a, axis=others).astype(np.float64)
     if n == 1.0:

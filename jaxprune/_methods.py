@@ -12,9 +12,12 @@ and a custom strategy is the same with the user's scores.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 import numbers
+from collections.abc import Iterator
 from typing import Literal, TypeVar, cast
 
 import jax
@@ -271,9 +274,26 @@ def on_host(*values: object) -> bool:
     return total <= config.host_max
 
 
+_NUMPY_RESULTS: contextvars.ContextVar[bool] = contextvars.ContextVar("numpy_results", default=False)
+
+
+@contextlib.contextmanager
+def numpy_results() -> Iterator[None]:
+    """Inside the block, masks computed on the NumPy path are returned as
+    NumPy arrays (for a caller that wants them on the host, such as the torch
+    bridge: a device transfer per small tensor costs more than its mask)."""
+    token = _NUMPY_RESULTS.set(True)
+    try:
+        yield
+    finally:
+        _NUMPY_RESULTS.reset(token)
+
+
 def host_result(mask: np.ndarray, t: object) -> Array:
     """A NumPy mask as the jax array a kernel would return (on ``t``'s device
-    when ``t`` is a jax array committed to one)."""
+    when ``t`` is a jax array committed to one), or as it is inside :func:`numpy_results`."""
+    if _NUMPY_RESULTS.get():
+        return mask  # type: ignore[return-value] - numpy_results() callers take NumPy
     if isinstance(t, jax.Array) and t.committed:
         return jax.device_put(mask, t.sharding)
     return jax.device_put(mask)  # not jnp.asarray: it compiles a copy kernel per shape

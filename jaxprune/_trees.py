@@ -81,10 +81,10 @@ def leaf_key(key: PRNGKey, path: str) -> PRNGKey:
     if words is None:
         return jax.random.fold_in(key, data)
     # The same key, derived in NumPy: jax's fold_in costs a dispatch (milliseconds) per leaf.
-    new = jax.device_put(np.array(_host.fold_in(words, data), np.uint32))
+    new = np.array(_host.fold_in(words, data), np.uint32)
     if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return jax.random.wrap_key_data(new, impl=jax.random.key_impl(key))
-    return new
+        return jax.random.wrap_key_data(new, impl=jax.random.key_impl(key))  # type: ignore[arg-type]
+    return jax.device_put(new)
 
 
 def named_leaves(tree: PyTree) -> list[tuple[str, Any]]:
