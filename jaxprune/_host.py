@@ -152,7 +152,10 @@ def threefry_words(key: object) -> tuple[int, int] | None:
         impl = str(jax.random.key_impl(key))  # pyright: ignore[reportArgumentType]
         if "threefry2x32" not in impl:
             return None
-        data = np.asarray(jax.random.key_data(key))  # pyright: ignore[reportArgumentType]
+        data = jax.random.key_data(key)  # pyright: ignore[reportArgumentType]
+        if isinstance(data, jax.core.Tracer):  # pyright: ignore[reportAttributeAccessIssue] - under a trace
+            return None
+        data = np.asarray(data)
     else:
         if "threefry" not in str(jax.config.jax_default_prng_impl):  # pyright: ignore[reportAttributeAccessIssue]
             return None

@@ -262,8 +262,8 @@ def on_host(*values: object) -> bool:
             continue
         if is_traced(x):
             return False
-        dtype = getattr(x, "dtype", None)
-        if dtype is not None and np.dtype(dtype).kind not in "biuf" and dtype != jnp.bfloat16:
+        dtype = x.dtype if isinstance(x, (np.ndarray, jax.Array)) else None
+        if dtype is not None and dtype.kind not in "biuf" and dtype != jnp.bfloat16:
             return False  # float8 and other ml_dtypes: the kernels (the bit tricks here assume IEEE layouts)
         if isinstance(x, jax.Array):
             devices = x.sharding.device_set
