@@ -104,7 +104,7 @@ def _values(shape, dtype, seed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("shape", [(1,), (7,), (9, 13), (4, 3, 5), (64, 33)])
+@pytest.mark.parametrize("shape", [(1,), (9, 13), (4, 3, 5)])
 def test_unstructured_methods_match_the_kernels(dtype, shape):
     t = _values(shape, dtype, 1)
     dm = np.random.default_rng(2).random(shape) > 0.3
@@ -119,7 +119,7 @@ def test_unstructured_methods_match_the_kernels(dtype, shape):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("shape,dim", [((9, 13), 0), ((9, 13), 1), ((4, 3, 5), 1), ((6, 2, 3, 3), 0)])
+@pytest.mark.parametrize("shape,dim", [((9, 13), 1), ((4, 3, 5), 1), ((6, 2, 3, 3), 0)])
 def test_structured_methods_match_the_kernels(dtype, shape, dim):
     t = _values(shape, dtype, 4)
     dm = np.random.default_rng(5).random(shape) > 0.1
