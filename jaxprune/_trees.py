@@ -14,7 +14,7 @@ import hashlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +34,8 @@ from ._selection import (
     select_lowest_by_leaf,
 )
 from ._typing import Amount, Array, ArrayLike, PRNGKey, PyTree
+
+_A = TypeVar("_A", Array, np.ndarray)
 
 
 def path_str(path: Sequence[Any]) -> str:
@@ -251,17 +253,7 @@ def global_masks(
         keys = tuple(leaf_key(key, path) for path in paths)
         scores = None
     else:
-        scores = []
-        for path, leaf, s in zip(paths, leaves, importance_scores):
-            if s is None:
-                scores.append(leaf)
-                continue
-            s = _methods.as_tensor(s, f"importance_scores[{path!r}]")
-            if s.shape != leaf.shape:
-                raise PruningShapeError(
-                    f"importance_scores[{path!r}] should have the shape of the leaf, got {s.shape} vs {leaf.shape}"
-                )
-            scores.append(s)
+        scores = _leaf_scores(paths, leaves, importance_scores, _methods.as_tensor)
         keys = None
 
     k = _methods.as_k(prune_count(amount, _total_units(leaves, masks)))
@@ -309,14 +301,7 @@ def _global_on_host(
             return None
         keys = [_host.random_bits(w, h.size).reshape(h.shape) for w, h in zip(words, host)]  # type: ignore[arg-type]
     else:
-        scores = []
-        for path, h, s in zip(paths, host, importance_scores):
-            s = h if s is None else _methods.host_tensor(s, f"importance_scores[{path!r}]")
-            if s.shape != h.shape:
-                raise PruningShapeError(
-                    f"importance_scores[{path!r}] should have the shape of the leaf, got {s.shape} vs {h.shape}"
-                )
-            scores.append(s)
+        scores = _leaf_scores(paths, host, importance_scores, _methods.host_tensor)
         dtype = magnitude_dtype([s.dtype for s in scores])
         keys = [_host.magnitude_keys(s, dtype) for s in scores]
     units = sum(h.size if m is None else int(np.count_nonzero(m)) for h, m in zip(host, masks))
@@ -324,6 +309,21 @@ def _global_on_host(
     selected = _host.select_lowest(keys, masks, int(k))  # type: ignore[arg-type] - concrete: an int
     return [_methods.host_result(~sel if m is None else m & ~sel, leaf)
             for sel, m, leaf in zip(selected, masks, leaves)]
+
+
+def _leaf_scores(paths: Sequence[str], leaves: Sequence[_A], importance_scores: Sequence[ArrayLike | None],
+                 convert: Callable[[ArrayLike, str], _A]) -> list[_A]:
+    """Each leaf's scores: its importance scores (made arrays by ``convert``,
+    checked against the leaf's shape), or the leaf itself."""
+    scores = []
+    for path, leaf, s in zip(paths, leaves, importance_scores):
+        s = leaf if s is None else convert(s, f"importance_scores[{path!r}]")
+        if s.shape != leaf.shape:
+            raise PruningShapeError(
+                f"importance_scores[{path!r}] should have the shape of the leaf, got {s.shape} vs {leaf.shape}"
+            )
+        scores.append(s)
+    return scores
 
 
 def _total_units(leaves: Sequence[Array], masks: Sequence[Array | None]) -> int | Count:
