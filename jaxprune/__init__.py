@@ -17,6 +17,11 @@ from ._cache import enable as _enable_cache
 from ._errors import KeyRequiredError as KeyRequiredError
 from ._errors import NormOrderError as NormOrderError
 from ._errors import PruningShapeError as PruningShapeError
+from ._group_types import ChannelGroup as ChannelGroup
+from ._group_types import ChannelGroups as ChannelGroups
+from ._group_types import DroppedGroup as DroppedGroup
+from ._group_types import Member as Member
+from ._groups import channel_groups as channel_groups
 from ._io import load_tree as load_tree
 from ._io import save_tree as save_tree
 from ._methods import compute_mask as compute_mask
@@ -66,12 +71,16 @@ except _metadata.PackageNotFoundError:  # imported from a source tree that is no
 
 __all__ = (
     "ActivationUnstructured",
+    "ChannelGroup",
+    "ChannelGroups",
     "ConstantSchedule",
     "CustomFromMask",
+    "DroppedGroup",
     "GlobalUnstructured",
     "Identity",
     "KeyRequiredError",
     "L1Unstructured",
+    "Member",
     "LnStructured",
     "NormOrderError",
     "PolynomialSchedule",
@@ -86,6 +95,7 @@ __all__ = (
     "TaylorUnstructured",
     "UnstructuredMethod",
     "apply_masks",
+    "channel_groups",
     "compute_mask",
     "constant_schedule",
     "global_unstructured",
