@@ -970,11 +970,11 @@ def channel_groups(fn: Any, *args: Any, exact_only: bool = True, **kwargs: Any) 
 
     >>> import jax, jax.numpy as jnp, jaxprune as jp
     >>> def mlp(p, x):
-    ...     return jax.nn.relu(x @ p["w1"] + p["b1"]) @ p["w2"]
-    >>> params = {"w1": jnp.ones((3, 8)), "b1": jnp.zeros(8), "w2": jnp.ones((8, 2))}
+    ...     return jax.nn.relu(x @ p["w1"]) @ p["w2"]
+    >>> params = {"w1": jnp.ones((3, 8)), "w2": jnp.ones((8, 2))}
     >>> (group,) = jp.channel_groups(mlp, params, jax.ShapeDtypeStruct((5, 3), jnp.float32))
     >>> group.size, [(m.path, m.axis) for m in group.members]
-    (8, [('b1', 0), ('w1', 1), ('w2', 0)])
+    (8, [('w1', 1), ('w2', 0)])
     """
     call, params, call_args = _split_model(fn, args)
     closed = jax.make_jaxpr(lambda p, a, k: call(p, *a, **k))(params, call_args, kwargs)
@@ -984,8 +984,6 @@ def channel_groups(fn: Any, *args: Any, exact_only: bool = True, **kwargs: Any) 
     ins = [r.value(var.aval.shape) for var in closed.jaxpr.invars]
     for vid in ins[len(paths) :]:
         r.fix(vid, "the channels reach the function's inputs")
-    for var in closed.jaxpr.constvars:  # make_jaxpr hoists no consts today, but be safe
-        del var
     outs = r.run(closed.jaxpr, ins)
     for vid in outs:
         if vid is not None:
