@@ -71,11 +71,11 @@ def _leaves_by_path(groups: tuple[ChannelGroup, ...], tree: PyTree, what: str) -
     leaves = {path_str(p): x for p, x in jax.tree_util.tree_leaves_with_path(tree)}
     for i, group in enumerate(groups):
         for member in group.members:
-            _check_member(i, member, leaves)
+            _check_member(i, group, member, leaves)
     return leaves
 
 
-def _check_member(i: int, member: Member, leaves: Mapping[str, Any]) -> None:
+def _check_member(i: int, group: ChannelGroup, member: Member, leaves: Mapping[str, Any]) -> None:
     if member.path not in leaves:
         raise ValueError(f"groups[{i}] has a member at {member.path!r}, which is not a leaf of the tree "
                          f"(its leaves: {', '.join(list(leaves)[:8])}{', ...' if len(leaves) > 8 else ''})")
@@ -84,6 +84,9 @@ def _check_member(i: int, member: Member, leaves: Mapping[str, Any]) -> None:
         raise ValueError(f"groups[{i}] has a member {member!r} with axis {member.axis} of length "
                          f"{member.length}, but the leaf has shape {shape}")
     positions = member.positions
+    if positions.shape[0] != group.size:
+        raise ValueError(f"groups[{i}] has {group.size} channels but its member {member!r} has positions "
+                         f"for {positions.shape[0]}")
     if positions.size and (positions.min() < 0 or positions.max() >= member.length):
         raise ValueError(f"groups[{i}] has a member {member!r} with positions outside [0, {member.length})")
 
@@ -358,7 +361,9 @@ def shrink(params: PyTree, groups: Sequence[ChannelGroup], keep: Sequence[ArrayL
     return jax.tree_util.tree_map_with_path(lambda p, x: shrunk.get(path_str(p), x), params)
 
 
-def _kept_positions(groups: tuple[ChannelGroup, ...], keep: object, allow_empty: bool) -> dict[str, dict[int, np.ndarray]]:
+def _kept_positions(
+    groups: tuple[ChannelGroup, ...], keep: object, allow_empty: bool
+) -> dict[str, dict[int, np.ndarray]]:
     """For every (path, axis) a group indexes: the kept positions, sorted (int64 on the host)."""
     vectors = _check_keep(groups, keep, allow_empty, concrete=True)
     return {path: {axis: np.flatnonzero(v) for axis, v in by_axis.items()}
@@ -450,16 +455,22 @@ def _attribute_changes(nnx: Any, model: Any, shrunk: Mapping[str, Any],
         for handler_type, handler in _handlers(nnx):
             if isinstance(module, handler_type):
                 for name, value in handler(module, shape, where, kept.get(prefix + "kernel", {})).items():
-                    if getattr(module, name) != value or type(getattr(module, name)) is not type(value):
+                    if _differs(getattr(module, name), value):
                         changes.append((module, name, value))
                 break
     return changes
 
 
+def _differs(old: Any, new: Any) -> bool:
+    if isinstance(old, (jax.Array, np.ndarray)) or isinstance(new, (jax.Array, np.ndarray)):
+        return old is not new
+    return bool(old != new) or type(old) is not type(new)
+
+
 ShapeOf = Callable[[str], tuple[int, ...]]
 
 
-def _handlers(nnx: Any) -> list[tuple[type, Callable[..., dict[str, Any]]]]:
+def _handlers(nnx: Any) -> list[tuple[type | tuple[type, ...], Callable[..., dict[str, Any]]]]:
     # Subclasses first: the first match applies.
     return [
         (nnx.MultiHeadAttention, _attention_sizes),
@@ -504,19 +515,22 @@ def _conv_sizes(module: Any, shape: ShapeOf, where: str, kept: Mapping[int, np.n
         new_groups = out // per_group_out
         sizes["feature_group_count"] = new_groups
         sizes["in_features"] = new_groups * per_group_in
+    return {**sizes, **_conv_mask(module, shape, kernel, kept)}
+
+
+def _conv_mask(module: Any, shape: ShapeOf, kernel: tuple[int, ...], kept: Mapping[int, np.ndarray]) -> dict[str, Any]:
+    """A conv's fixed ``mask`` (the kernel's shape) shrunk like the kernel, unless a group did."""
     mask = getattr(module, "mask", None)
-    if mask is not None and tuple(np.shape(mask)) != kernel:
-        sizes["mask"] = _take(mask, kept)
-    return sizes
+    if mask is None or shape("mask") == kernel:
+        return {}
+    return {"mask": _take(mask, kept)}
 
 
 def _conv_transpose_sizes(module: Any, shape: ShapeOf, where: str, kept: Mapping[int, np.ndarray]) -> dict[str, Any]:
-    kernel = shape("kernel")  # (*kernel_size, in_features, out_features)
-    sizes: dict[str, Any] = {"kernel_shape": kernel, "in_features": kernel[-2], "out_features": kernel[-1]}
-    mask = getattr(module, "mask", None)
-    if mask is not None and tuple(np.shape(mask)) != kernel:
-        sizes["mask"] = _take(mask, kept)
-    return sizes
+    kernel = shape("kernel")  # (*kernel_size, in, out), or (*kernel_size, out, in) with transpose_kernel
+    in_features, out_features = (kernel[-1], kernel[-2]) if module.transpose_kernel else (kernel[-2], kernel[-1])
+    sizes = {"kernel_shape": kernel, "in_features": in_features, "out_features": out_features}
+    return {**sizes, **_conv_mask(module, shape, kernel, kept)}
 
 
 def _embed_sizes(module: Any, shape: ShapeOf, where: str, kept: Any) -> dict[str, Any]:
@@ -543,11 +557,13 @@ def _group_norm_sizes(module: Any, shape: ShapeOf, where: str, kept: Any) -> dic
 def _attention_sizes(module: Any, shape: ShapeOf, where: str, kept: Any) -> dict[str, Any]:
     query = _sub_shape(module, shape, "query")  # (in_features, num_heads, head_dim)
     key = _sub_shape(module, shape, "key")  # (in_kv_features, num_kv_heads, head_dim)
+    value = _sub_shape(module, shape, "value")  # (in_kv_features, num_kv_heads, head_dim)
     out = _sub_shape(module, shape, "out")  # (num_heads, head_dim, out_features)
     num_heads, head_dim = query[1], query[2]
-    if key[2] != head_dim or out[:2] != (num_heads, head_dim) or num_heads % key[1]:
+    if key[2] != head_dim or value != key or out[:2] != (num_heads, head_dim) or num_heads % key[1]:
         raise ValueError(f"cannot shrink the MultiHeadAttention at {where!r}: query kernel {query}, key kernel "
-                         f"{key} and out kernel {out} no longer agree on heads and head_dim")
+                         f"{key}, value kernel {value} and out kernel {out} would no longer agree on heads and "
+                         "head_dim")
     return {"in_features": query[0], "in_kv_features": key[0], "num_heads": num_heads, "num_kv_heads": key[1],
             "head_dim": head_dim, "qkv_features": num_heads * head_dim, "out_features": out[-1]}
 
