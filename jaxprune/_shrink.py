@@ -484,14 +484,18 @@ def _handlers(nnx: Any) -> list[tuple[type | tuple[type, ...], Callable[..., dic
     ]
 
 
+# The handlers read shapes from their last axes: a module made by nnx.vmap (layers
+# stacked for nnx.scan) has Variables with leading layer axes, and sizes per layer.
+
+
 def _linear_sizes(module: Any, shape: ShapeOf, where: str, kept: Any) -> dict[str, Any]:
-    kernel = shape("kernel")
-    return {"in_features": kernel[0], "out_features": kernel[1]}
+    in_features, out_features = shape("kernel")[-2:]
+    return {"in_features": in_features, "out_features": out_features}
 
 
 def _linear_general_sizes(module: Any, shape: ShapeOf, where: str, kept: Any) -> dict[str, Any]:
-    kernel = shape("kernel")
     n_batch, n_in = len(module.batch_axis), len(module.in_features)
+    kernel = shape("kernel")[-(n_batch + n_in + len(module.out_features)):]
     sizes: dict[str, Any] = {"in_features": kernel[n_batch:n_batch + n_in], "out_features": kernel[n_batch + n_in:]}
     if n_batch:
         batch = type(module.batch_axis)(zip(module.batch_axis.keys(), kernel[:n_batch]))
@@ -501,7 +505,7 @@ def _linear_general_sizes(module: Any, shape: ShapeOf, where: str, kept: Any) ->
 
 
 def _conv_sizes(module: Any, shape: ShapeOf, where: str, kept: Mapping[int, np.ndarray]) -> dict[str, Any]:
-    kernel = shape("kernel")
+    kernel = shape("kernel")[-len(module.kernel_shape):]
     per_group_in, out = kernel[-2], kernel[-1]
     groups = module.feature_group_count
     sizes: dict[str, Any] = {"kernel_shape": kernel, "out_features": out}
@@ -515,26 +519,27 @@ def _conv_sizes(module: Any, shape: ShapeOf, where: str, kept: Mapping[int, np.n
         new_groups = out // per_group_out
         sizes["feature_group_count"] = new_groups
         sizes["in_features"] = new_groups * per_group_in
-    return {**sizes, **_conv_mask(module, shape, kernel, kept)}
+    return {**sizes, **_conv_mask(module, shape, kept)}
 
 
-def _conv_mask(module: Any, shape: ShapeOf, kernel: tuple[int, ...], kept: Mapping[int, np.ndarray]) -> dict[str, Any]:
+def _conv_mask(module: Any, shape: ShapeOf, kept: Mapping[int, np.ndarray]) -> dict[str, Any]:
     """A conv's fixed ``mask`` (the kernel's shape) shrunk like the kernel, unless a group did."""
     mask = getattr(module, "mask", None)
-    if mask is None or shape("mask") == kernel:
+    if mask is None or shape("mask") == shape("kernel"):
         return {}
     return {"mask": _take(mask, kept)}
 
 
 def _conv_transpose_sizes(module: Any, shape: ShapeOf, where: str, kept: Mapping[int, np.ndarray]) -> dict[str, Any]:
-    kernel = shape("kernel")  # (*kernel_size, in, out), or (*kernel_size, out, in) with transpose_kernel
+    # (*kernel_size, in, out), or (*kernel_size, out, in) with transpose_kernel
+    kernel = shape("kernel")[-len(module.kernel_shape):]
     in_features, out_features = (kernel[-1], kernel[-2]) if module.transpose_kernel else (kernel[-2], kernel[-1])
     sizes = {"kernel_shape": kernel, "in_features": in_features, "out_features": out_features}
-    return {**sizes, **_conv_mask(module, shape, kernel, kept)}
+    return {**sizes, **_conv_mask(module, shape, kept)}
 
 
 def _embed_sizes(module: Any, shape: ShapeOf, where: str, kept: Any) -> dict[str, Any]:
-    num_embeddings, features = shape("embedding")
+    num_embeddings, features = shape("embedding")[-2:]
     return {"num_embeddings": num_embeddings, "features": features}
 
 
@@ -569,7 +574,7 @@ def _attention_sizes(module: Any, shape: ShapeOf, where: str, kept: Any) -> dict
 
 
 def _sub_shape(module: Any, shape: ShapeOf, name: str) -> tuple[int, ...]:
-    return shape(f"{name}.kernel")
+    return shape(f"{name}.kernel")[-3:]
 
 
 # --------------------------------------------------------------------------

@@ -468,6 +468,48 @@ def test_shrink_model_conv_mask_and_conv_transpose(rng):
     np.testing.assert_allclose(model(x), masked(x), **TOL)
 
 
+class Block(nnx.Module):
+    def __init__(self, rngs):
+        self.up = nnx.Linear(4, 8, rngs=rngs)
+        self.down = nnx.Linear(8, 4, rngs=rngs)
+
+    def __call__(self, x):
+        return x + self.down(nnx.relu(self.up(x)))
+
+
+class Stack(nnx.Module):
+    """Three blocks made by nnx.vmap (Variables with a leading layer axis), run by nnx.scan."""
+
+    def __init__(self, rngs):
+        @nnx.split_rngs(splits=3)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def create(rngs):
+            return Block(rngs)
+
+        self.blocks = create(rngs)
+
+    def __call__(self, x):
+        @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
+        def step(block, x):
+            return block(x)
+
+        return step(self.blocks, x)
+
+
+def test_shrink_model_stacked_layers(rng):
+    model = Stack(nnx.Rngs(0))
+    assert model.blocks.up.kernel.shape == (3, 4, 8)
+    hidden = nnx_groups(model, 8, ("blocks.down.kernel", 1, one(8)), ("blocks.up.bias", 1, one(8)),
+                        ("blocks.up.kernel", 2, one(8)))
+    keep = jp.group_keep([hidden], model, 0.25)
+    masked = masked_copy(model, [hidden], keep)
+    jp.shrink_model(model, [hidden], keep)
+    assert model.blocks.up.kernel.shape == (3, 4, 6) and model.blocks.down.kernel.shape == (3, 6, 4)
+    assert (model.blocks.up.in_features, model.blocks.up.out_features, model.blocks.down.in_features) == (4, 6, 6)
+    x = jnp.asarray(rng.normal(size=(2, 4)), jnp.float32)
+    np.testing.assert_allclose(model(x), masked(x), **TOL)
+
+
 def test_shrink_model_error_leaves_the_model_untouched():
     class Grouped(nnx.Module):
         def __init__(self, rngs):
