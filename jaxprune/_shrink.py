@@ -398,8 +398,10 @@ def shrink_model(model: Any, groups: Sequence[ChannelGroup], keep: Sequence[Arra
     ``nnx.LinearGeneral`` (tuples, and ``batch_axis``), ``nnx.Conv`` and
     ``nnx.ConvTranspose`` (with ``kernel_shape``, a fixed ``mask``, and
     ``feature_group_count``: a depthwise conv stays depthwise),
-    ``num_features`` of the norms (``num_groups``/``group_size`` of
-    ``nnx.GroupNorm``), ``features``/``num_embeddings`` of ``nnx.Embed``, and
+    ``kernel_shape``/``bias_shape`` of ``nnx.Einsum``, ``in_features``/``out_features``
+    of ``nnx.LoRA``,
+    ``num_features`` of the norms (``group_size`` of ``nnx.GroupNorm``, whose
+    ``num_groups`` stays), ``features``/``num_embeddings`` of ``nnx.Embed``, and
     ``num_heads``, ``num_kv_heads``, ``head_dim``, ``qkv_features``,
     ``in_features``, ``in_kv_features``, ``out_features`` of
     ``nnx.MultiHeadAttention``. Modules of other types get their Variables
@@ -455,7 +457,7 @@ def _attribute_changes(nnx: Any, model: Any, shrunk: Mapping[str, Any],
         for handler_type, handler in _handlers(nnx):
             if isinstance(module, handler_type):
                 for name, value in handler(module, shape, where, kept.get(prefix + "kernel", {})).items():
-                    if _differs(getattr(module, name), value):
+                    if hasattr(module, name) and _differs(getattr(module, name), value):  # (flax versions)
                         changes.append((module, name, value))
                 break
     return changes
@@ -479,6 +481,8 @@ def _handlers(nnx: Any) -> list[tuple[type | tuple[type, ...], Callable[..., dic
         (nnx.ConvTranspose, _conv_transpose_sizes),
         (nnx.Conv, _conv_sizes),
         (nnx.Embed, _embed_sizes),
+        (nnx.Einsum, _einsum_sizes),
+        (nnx.LoRA, _lora_sizes),
         (nnx.GroupNorm, _group_norm_sizes),
         ((nnx.BatchNorm, nnx.LayerNorm, nnx.RMSNorm), _norm_sizes),
     ]
@@ -543,6 +547,17 @@ def _embed_sizes(module: Any, shape: ShapeOf, where: str, kept: Any) -> dict[str
     return {"num_embeddings": num_embeddings, "features": features}
 
 
+def _einsum_sizes(module: Any, shape: ShapeOf, where: str, kept: Any) -> dict[str, Any]:
+    sizes = {"kernel_shape": shape("kernel")[-len(module.kernel_shape):]}
+    if module.bias is not None and module.bias_shape is not None:
+        sizes["bias_shape"] = shape("bias")[-len(module.bias_shape):]
+    return sizes
+
+
+def _lora_sizes(module: Any, shape: ShapeOf, where: str, kept: Any) -> dict[str, Any]:
+    return {"in_features": shape("lora_a")[-2], "out_features": shape("lora_b")[-1]}
+
+
 def _norm_sizes(module: Any, shape: ShapeOf, where: str, kept: Any) -> dict[str, Any]:
     for name in ("mean", "scale", "bias"):
         if getattr(module, name, None) is not None:
@@ -551,12 +566,14 @@ def _norm_sizes(module: Any, shape: ShapeOf, where: str, kept: Any) -> dict[str,
 
 
 def _group_norm_sizes(module: Any, shape: ShapeOf, where: str, kept: Any) -> dict[str, Any]:
-    sizes = _norm_sizes(module, shape, where, kept)
-    features = sizes.get("num_features", module.num_features)
+    # GroupNorm holds no num_features: its num_groups stays, its group_size follows.
+    features = _norm_sizes(module, shape, where, kept).get("num_features")
+    if features is None:
+        return {}
     if features % module.num_groups:
         raise ValueError(f"cannot shrink the GroupNorm at {where!r} to {features} features: "
                          f"not a multiple of its num_groups={module.num_groups}")
-    return {**sizes, "group_size": features // module.num_groups}
+    return {"group_size": features // module.num_groups}
 
 
 def _attention_sizes(module: Any, shape: ShapeOf, where: str, kept: Any) -> dict[str, Any]:

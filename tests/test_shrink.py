@@ -510,6 +510,28 @@ def test_shrink_model_stacked_layers(rng):
     np.testing.assert_allclose(model(x), masked(x), **TOL)
 
 
+def test_shrink_model_lora_and_einsum(rng):
+    class Adapted(nnx.Module):
+        def __init__(self, rngs):
+            self.lora = nnx.LoRALinear(3, 5, lora_rank=2, rngs=rngs)
+            self.mix = nnx.Einsum("bi,io->bo", (5, 2), (2,), rngs=rngs)
+
+        def __call__(self, x):
+            return self.mix(nnx.relu(self.lora(x)))
+
+    model = Adapted(nnx.Rngs(0))
+    model.lora.lora.lora_b[...] = jnp.asarray(rng.normal(size=(2, 5)), jnp.float32)  # (initialized to 0)
+    o = one(5)
+    g = nnx_groups(model, 5, ("lora.bias", 0, o), ("lora.kernel", 1, o), ("lora.lora.lora_b", 1, o),
+                   ("mix.kernel", 0, o))
+    keep = [vec(1, 1, 0, 1, 0)]
+    masked = masked_copy(model, [g], keep)
+    jp.shrink_model(model, [g], keep)
+    assert (model.lora.out_features, model.lora.lora.out_features, model.mix.kernel_shape) == (3, 3, (3, 2))
+    x = jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
+    np.testing.assert_allclose(model(x), masked(x), **TOL)
+
+
 def test_shrink_model_error_leaves_the_model_untouched():
     class Grouped(nnx.Module):
         def __init__(self, rngs):
@@ -525,6 +547,17 @@ def test_shrink_model_error_leaves_the_model_untouched():
         np.testing.assert_array_equal(a, b)
     jp.shrink_model(model, [g], [vec(1, 1, 0, 0, 1, 1, 1, 1)])  # a whole group of 2: allowed
     assert (model.conv.in_features, model.conv.out_features, model.conv.feature_group_count) == (3, 6, 3)
+
+
+def test_shrink_model_group_norm_keeps_its_number_of_groups():
+    model = nnx.GroupNorm(6, num_groups=3, rngs=nnx.Rngs(0))
+    g = nnx_groups(model, 6, ("bias", 0, one(6)), ("scale", 0, one(6)))
+    with pytest.raises(ValueError, match=r"GroupNorm at 'the model' to 4 features: not a multiple of its num_groups=3"):
+        jp.shrink_model(model, [g], [vec(1, 1, 0, 1, 0, 1)])
+    assert model.scale.shape == (6,) and model.group_size == 2
+    jp.shrink_model(model, [g], [vec(1, 0, 0, 1, 1, 0)])
+    assert (model.num_groups, model.group_size, model.bias.shape) == (3, 1, (3,))
+    assert not hasattr(model, "num_features")
 
 
 # --------------------------------------------------------------------------
