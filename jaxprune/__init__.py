@@ -42,6 +42,11 @@ from ._schedules import Schedule as Schedule
 from ._schedules import constant_schedule as constant_schedule
 from ._schedules import one_shot_schedule as one_shot_schedule
 from ._schedules import polynomial_schedule as polynomial_schedule
+from ._shrink import group_keep as group_keep
+from ._shrink import group_masks as group_masks
+from ._shrink import shrink as shrink
+from ._shrink import shrink_model as shrink_model
+from ._shrink import shrunk_sizes as shrunk_sizes
 from ._specs import ActivationUnstructured as ActivationUnstructured
 from ._specs import CustomFromMask as CustomFromMask
 from ._specs import GlobalUnstructured as GlobalUnstructured
@@ -99,6 +104,8 @@ __all__ = (
     "compute_mask",
     "constant_schedule",
     "global_unstructured",
+    "group_keep",
+    "group_masks",
     "identity",
     "l1_unstructured",
     "leaf_key",
@@ -113,6 +120,9 @@ __all__ = (
     "random_structured",
     "random_unstructured",
     "save_tree",
+    "shrink",
+    "shrink_model",
+    "shrunk_sizes",
     "slice_norms",
     "sparsity_report",
     "structured_mask",
