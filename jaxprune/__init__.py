@@ -59,6 +59,7 @@ from ._specs import RandomUnstructured as RandomUnstructured
 from ._specs import StructuredMethod as StructuredMethod
 from ._specs import TaylorUnstructured as TaylorUnstructured
 from ._specs import UnstructuredMethod as UnstructuredMethod
+from ._training import ChannelPruning as ChannelPruning
 from ._training import PruningState as PruningState
 from ._training import pruning as pruning
 from ._trees import apply_masks as apply_masks
@@ -78,6 +79,7 @@ __all__ = (
     "ActivationUnstructured",
     "ChannelGroup",
     "ChannelGroups",
+    "ChannelPruning",
     "ConstantSchedule",
     "CustomFromMask",
     "DroppedGroup",

@@ -33,7 +33,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from . import _methods
-from ._amounts import CheckedAmount, count_to_prune
+from ._amounts import CheckedAmount, as_count, count_to_prune
+from ._errors import KeyRequiredError
+from ._group_types import ChannelGroup
 from ._plan import Plan, check_key_for, compute_masks, extra_leaves, named_leaves, plan
 from ._rules import Rules
 from ._schedules import Schedule
@@ -111,7 +113,10 @@ def pruning(
       inner: any ``optax.GradientTransformation``; it receives the extra
         arguments of ``update`` too.
       rules: ``{pattern: method}`` over parameter paths (see :func:`prune_tree`),
-        or a callable ``(path, leaf) -> method | None``. A method is a class
+        or a callable ``(path, leaf) -> method | None``; or channel groups
+        (``jp.channel_groups(...)``, or :class:`ChannelPruning` to choose
+        how channels are scored): whole channels are pruned, see
+        :class:`ChannelPruning`. A method is a class
         (``jp.L1Unstructured``), a method with amount 0 (``jp.L1Unstructured(0)``),
         or ``functools.partial(jp.LnStructured, n=2, dim=-1)``: the schedule
         sets the amount. ``jp.GlobalUnstructured(0)`` ranks its leaves
@@ -148,6 +153,9 @@ def pruning(
     inner = optax.with_extra_args_support(inner)
     if key is not None:
         key = _methods.check_key(key)
+    if isinstance(rules, ChannelPruning) or _is_groups(rules):
+        spec = rules if isinstance(rules, ChannelPruning) else ChannelPruning(tuple(rules))  # type: ignore[arg-type]
+        return _channel_pruning(optax, inner, spec, schedule, key)
     plans: dict[Any, Plan] = {}
 
     def plan_for(params: PyTree) -> tuple[list[tuple[str, Any]], Plan]:
@@ -194,15 +202,7 @@ def pruning(
         grads = apply_masks(updates, masks)
         inner_updates, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
 
-        def finish(mask: Array | None, update: Array, param: Array) -> Array:
-            if mask is None:
-                return update
-            # param + (-param) is exactly 0: pruned weights land on zero, even
-            # those pruned in this very step. The update takes the parameter's
-            # dtype so that a low-precision update cannot round -param.
-            return jnp.where(mask, update.astype(param.dtype), -param)
-
-        final = jax.tree.map(finish, masks, inner_updates, params, is_leaf=_is_none)
+        final = jax.tree.map(_finish, masks, inner_updates, params, is_leaf=_is_none)
         return final, PruningState(optax.safe_int32_increment(step), masks, inner_state)
 
     return optax.GradientTransformationExtraArgs(init, update)
@@ -210,6 +210,15 @@ def pruning(
 
 def _is_none(x: Any) -> bool:
     return x is None
+
+
+def _finish(mask: Array | None, update: Array, param: Array) -> Array:
+    if mask is None:
+        return update
+    # param + (-param) is exactly 0: pruned weights land on zero, even
+    # those pruned in this very step. The update takes the parameter's
+    # dtype so that a low-precision update cannot round -param.
+    return jnp.where(mask, update.astype(param.dtype), -param)
 
 
 def _new_count(method: PruningMethod, masks: Sequence[Array], target: Array) -> Any:
@@ -224,3 +233,124 @@ def _new_count(method: PruningMethod, masks: Sequence[Array], target: Array) -> 
                          "jp.global_unstructured count them exactly without it")
     total = count_to_prune(CheckedAmount(target, is_count=False), jnp.asarray(units, dtype))
     return jnp.maximum(total - already, 0).astype(dtype)
+
+
+# --------------------------------------------------------------------------
+# Whole channels: jp.pruning over channel groups
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelPruning:
+    """Rules for :func:`pruning` that prune whole channels of channel groups.
+
+    At each update step of the schedule, every group is pruned until
+    ``round(target * group.size)`` of its channels are pruned (channels pruned
+    before stay pruned and count), the lowest-scoring first: ``method`` as in
+    :func:`group_keep` (``"l2"``, ``"l1"``, or ``"random"`` with ``pruning``'s
+    key, folded with the step). A channel's positions are masked in every
+    member the optimizer sees (members outside the optimized tree, such as
+    BatchNorm statistics, are left alone until :func:`shrink`). Passing the
+    groups themselves as ``rules`` means ``ChannelPruning(groups)``.
+
+    >>> import jax, jax.numpy as jnp, optax, jaxprune as jp
+    >>> def mlp(p, x):
+    ...     return jax.nn.relu(x @ p["w1"]) @ p["w2"]
+    >>> params = {"w1": jnp.arange(1.0, 9.0).reshape(2, 4), "w2": jnp.ones((4, 1))}
+    >>> groups = jp.channel_groups(mlp, params, jnp.ones((3, 2)))
+    >>> tx = jp.pruning(optax.sgd(0.0), jp.ChannelPruning(groups, "l1"), jp.one_shot_schedule(0.5, step=0))
+    >>> updates, state = tx.update(params, tx.init(params), params)
+    >>> optax.apply_updates(params, updates)["w1"]
+    Array([[0., 0., 3., 4.],
+           [0., 0., 7., 8.]], dtype=float32)
+    """
+
+    groups: tuple[ChannelGroup, ...]
+    method: str = "l2"
+
+    def __post_init__(self) -> None:
+        if not _is_groups(self.groups):
+            raise TypeError(f"ChannelPruning expects channel groups (jp.channel_groups(...)), got {self.groups!r}")
+        if self.method not in ("l1", "l2", "random"):
+            raise ValueError(f"method must be 'l1', 'l2' or 'random', got {self.method!r}")
+        object.__setattr__(self, "groups", tuple(self.groups))
+
+
+def _is_groups(rules: Any) -> bool:
+    return isinstance(rules, (tuple, list)) and len(rules) > 0 and all(isinstance(g, ChannelGroup) for g in rules)
+
+
+def _channel_pruning(optax: Any, inner: Any, spec: ChannelPruning, schedule: Schedule, key: PRNGKey | None) -> Any:
+    from ._shrink import _axis_keeps, _keep_lowest_entries, _leaf_mask, _scores
+
+    if spec.method == "random" and key is None:
+        raise KeyRequiredError("ChannelPruning(method='random') draws scores: pass key= to jp.pruning")
+
+    def present(params: PyTree) -> tuple[list[tuple[str, Any]], tuple[ChannelGroup, ...]]:
+        """The groups restricted to the members in this tree (an optimizer sees params only)."""
+        named = named_leaves(params)
+        shapes = {path: jnp.shape(leaf) for path, leaf in named}
+        groups = []
+        for g in spec.groups:
+            members = tuple(m for m in g.members if m.path in shapes)
+            for m in members:
+                if m.axis >= len(shapes[m.path]) or shapes[m.path][m.axis] != m.length:
+                    raise ValueError(f"{m.path}: shape {shapes[m.path]} does not match its channel group "
+                                     f"(axis {m.axis} of length {m.length}): the groups come from another model")
+            groups.append(dataclasses.replace(g, members=members))
+        if not any(g.members for g in groups):
+            raise ValueError("none of the channel groups' members is in the parameters given to the optimizer")
+        return named, tuple(groups)
+
+    def masks_of(params: PyTree, groups: tuple[ChannelGroup, ...], keep: Sequence[Array]) -> PyTree:
+        named = named_leaves(params)
+        axes = _axis_keeps(groups, keep, jnp)
+        shapes = dict((path, jnp.shape(leaf)) for path, leaf in named)
+        leaves = [_leaf_mask(shapes[path], axes[path]) if path in axes else None for path, _ in named]
+        return jax.tree.unflatten(jax.tree.structure(params), leaves)
+
+    def channel_keep(group: ChannelGroup, masks: dict[str, Array]) -> Array:
+        """A channel is kept while any of its positions in its first member is."""
+        m = group.members[0]
+        mask = masks[m.path]
+        per_position = jnp.any(jnp.moveaxis(mask, m.axis, 0).reshape(m.length, -1), axis=1)
+        return jnp.any(per_position[m.positions.astype(jnp.int32)], axis=1)
+
+    def init(params: PyTree) -> PruningState:
+        _, groups = present(params)
+        keep = [jnp.ones(g.size, bool) for g in groups]
+        return PruningState(jnp.zeros((), jnp.int32), masks_of(params, groups, keep), inner.init(params))
+
+    def update(
+        updates: PyTree, state: PruningState, params: PyTree | None = None, **extra_args: Any
+    ) -> tuple[PyTree, PruningState]:
+        if params is None:
+            raise ValueError("jp.pruning needs the parameters: call tx.update(grads, state, params)")
+        named, groups = present(params)
+        step = state.count
+
+        def recompute(masks: PyTree) -> PyTree:
+            step_key = None if key is None else jax.random.fold_in(key, step)
+            by_path = {path: m for (path, _), m in zip(named, jax.tree.leaves(masks, is_leaf=_is_none))}
+            leaves = dict(named)
+            target = CheckedAmount(schedule.target(step), is_count=False)
+            keep = []
+            for g in groups:
+                if not g.members:
+                    keep.append(jnp.ones(g.size, bool))
+                    continue
+                old = channel_keep(g, by_path)
+                total = count_to_prune(target, jnp.asarray(g.size, jnp.int32))
+                k = jnp.maximum(total - (g.size - jnp.sum(old, dtype=jnp.int32)), 0)
+                scores = _scores(g, leaves, spec.method, step_key)
+                keep.append(_keep_lowest_entries(scores, old, as_count(k)))
+            return masks_of(params, groups, keep)
+
+        masks = lax.cond(schedule.is_update(step), recompute, lambda m: m, state.masks)
+        grads = apply_masks(updates, masks)
+        inner_updates, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
+
+        final = jax.tree.map(_finish, masks, inner_updates, params, is_leaf=_is_none)
+        return final, PruningState(optax.safe_int32_increment(step), masks, inner_state)
+
+    return optax.GradientTransformationExtraArgs(init, update)
