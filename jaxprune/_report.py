@@ -1,11 +1,14 @@
-"""How much of a tree is pruned: per-leaf counts and a table."""
+"""How much of a tree is pruned: per-leaf counts and a table; with channel groups, what shrinking saves."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ._plan import leaves_like, named_leaves
@@ -26,10 +29,31 @@ class LeafSparsity:
 
 
 @dataclasses.dataclass(frozen=True)
+class GroupSparsity:
+    """One channel group: its channels, how many are pruned in every member, what removing them saves."""
+
+    index: int
+    size: int
+    members: int
+    removable: int
+    params_saved: int
+
+
+@dataclasses.dataclass(frozen=True)
 class SparsityReport:
-    """Per-leaf and total sparsity; ``str(report)`` is a table."""
+    """Per-leaf and total sparsity; ``str(report)`` is a table.
+
+    With channel groups: ``groups`` (one row per group), ``params_after`` (the
+    parameter count once every removable channel is removed by ``jp.shrink``),
+    and, with a model function, ``flops`` and ``flops_after`` (XLA's cost
+    analysis of the jitted call, before and after shrinking).
+    """
 
     leaves: tuple[LeafSparsity, ...]
+    groups: tuple[GroupSparsity, ...] = ()
+    params_after: int | None = None
+    flops: float | None = None
+    flops_after: float | None = None
 
     @property
     def size(self) -> int:
@@ -56,10 +80,25 @@ class SparsityReport:
             lines.append(f"{leaf.path:<{width}}  {str(leaf.shape):>16}  {leaf.pruned:>12,}  {leaf.size:>12,}  "
                          f"{leaf.sparsity:8.2%}")
         lines.append(f"{'total':<{width}}  {'':>16}  {self.pruned:>12,}  {self.size:>12,}  {self.sparsity:8.2%}")
+        if self.params_after is not None:
+            lines.append("")
+            lines.append(f"{'group':>5}  {'channels':>8}  {'members':>7}  {'removable':>9}  {'params saved':>12}")
+            for g in self.groups:
+                lines.append(f"{g.index:>5}  {g.size:>8,}  {g.members:>7}  {g.removable:>9,}  {g.params_saved:>12,}")
+            lines.append(f"shrinking: {self.size:,} -> {self.params_after:,} values")
+            if self.flops is not None and self.flops_after is not None:
+                lines.append(f"FLOPs: {self.flops:,.0f} -> {self.flops_after:,.0f}")
         return "\n".join(lines)
 
 
-def sparsity_report(tree: PyTree, masks: PyTree | None = None) -> SparsityReport:
+def sparsity_report(
+    tree: PyTree,
+    masks: PyTree | None = None,
+    *,
+    groups: Sequence[Any] | None = None,
+    fn: Callable[..., Any] | None = None,
+    args: Sequence[Any] = (),
+) -> SparsityReport:
     """How much of each leaf is pruned (host-side).
 
     Flax NNX variables are read as their values, so ``nnx.state(model,
@@ -69,6 +108,13 @@ def sparsity_report(tree: PyTree, masks: PyTree | None = None) -> SparsityReport
     With ``masks`` (a mask tree, None = leaf not pruned), counts the False
     entries of each mask over every leaf of ``tree``. Without, counts the
     False entries of bool leaves and the zeros of numeric leaves of ``tree``.
+
+    With ``groups`` (from ``jp.channel_groups``), also what shrinking would
+    save: a channel is removable when every position it owns in every member
+    (found in ``tree``) is pruned (masked, or zero without a mask). With a
+    model function ``fn(tree, *args)``, or ``tree`` an NNX module and its call
+    ``args``, the FLOPs of the jitted call (XLA's cost analysis) before and
+    after shrinking.
 
     >>> import jax.numpy as jnp, jaxprune as jp
     >>> params = {"w": jnp.array([0.0, 2.0, 0.0, 1.0]), "b": jnp.ones(2)}
@@ -80,7 +126,19 @@ def sparsity_report(tree: PyTree, masks: PyTree | None = None) -> SparsityReport
     b                      (2,)             0             2     0.00%
     w                      (4,)             2             4    50.00%
     total                                   2             6    33.33%
+
+    >>> import jax
+    >>> def mlp(p, x):
+    ...     return jax.nn.relu(x @ p["w1"]) @ p["w2"]
+    >>> params = {"w1": jnp.array([[1.0, 0.0, 2.0]]), "w2": jnp.array([[1.0], [0.0], [3.0]])}
+    >>> groups = jp.channel_groups(mlp, params, jnp.ones((2, 1)))
+    >>> report = jp.sparsity_report(params, groups=groups, fn=mlp, args=(jnp.ones((2, 1)),))
+    >>> report.params_after, [g.removable for g in report.groups]
+    (4, [1])
     """
+    model = None
+    if _is_nnx_module(tree):
+        model, tree = tree, _nnx().state(tree)
     tree, masks = unwrap_variables(tree), unwrap_variables(masks)
     named = named_leaves(tree)
     mask_leaves: Sequence[Any] = leaves_like(tree, masks, "masks")
@@ -92,5 +150,85 @@ def sparsity_report(tree: PyTree, masks: PyTree | None = None) -> SparsityReport
         else:
             pruned = int(arr.size - np.count_nonzero(arr))
         rows.append(LeafSparsity(path, tuple(arr.shape), int(arr.size), pruned))
-    return SparsityReport(tuple(rows))
+    report = SparsityReport(tuple(rows))
+    if groups is None:
+        return report
+    values = {path: np.asarray(leaf) for path, leaf in named}
+    given = {path: (None if m is None else np.asarray(m)) for (path, _), m in zip(named, mask_leaves)}
+    keep = [_removable(g, values, given if masks is not None else {}) for g in groups]
+    rows_g = tuple(
+        GroupSparsity(i, g.size, len(g.members), int(np.sum(~k)), _saved(values, [g], [k]))
+        for i, (g, k) in enumerate(zip(groups, keep))
+    )
+    after = report.size - _saved(values, groups, keep)
+    flops = flops_after = None
+    if model is not None and args:
+        flops, flops_after = _model_flops(model, groups, keep, args)
+    elif fn is not None:
+        from ._shrink import shrink
 
+        flops = _flops(fn, tree, args)
+        flops_after = _flops(fn, shrink(tree, groups, [jnp.asarray(k) for k in keep], allow_empty=True), args)
+    return dataclasses.replace(report, groups=rows_g, params_after=after, flops=flops, flops_after=flops_after)
+
+
+def _nnx() -> Any:
+    import flax.nnx as nnx
+
+    return nnx
+
+
+def _is_nnx_module(x: Any) -> bool:
+    nnx = sys.modules.get("flax.nnx")
+    return nnx is not None and isinstance(x, nnx.Module)
+
+
+def _removable(group: Any, values: dict[str, np.ndarray], masks: dict[str, np.ndarray | None]) -> np.ndarray:
+    """Keep vector of ``group``: False for channels pruned at every position of every member present."""
+    keep = np.zeros(group.size, bool)
+    for m in group.members:
+        if m.path not in values:
+            continue
+        mask = masks.get(m.path)
+        alive = np.asarray(mask if mask is not None else values[m.path] != 0, bool)
+        per_position = np.any(np.moveaxis(alive, m.axis, 0).reshape(m.length, -1), axis=1)
+        keep |= per_position[m.positions].any(axis=1)
+    return keep
+
+
+def _saved(values: dict[str, np.ndarray], groups: Sequence[Any], keep: Sequence[np.ndarray]) -> int:
+    """Values removed from the tree when the channels ``keep`` drops are removed (positions combined per axis)."""
+    removed: dict[str, dict[int, set[int]]] = {}
+    for g, k in zip(groups, keep):
+        for m in g.members:
+            if m.path in values:
+                removed.setdefault(m.path, {}).setdefault(m.axis, set()).update(m.positions[~k].ravel().tolist())
+    saved = 0
+    for path, by_axis in removed.items():
+        shape = list(values[path].shape)
+        kept = [n - len(by_axis.get(d, ())) for d, n in enumerate(shape)]
+        saved += int(np.prod(shape, dtype=np.int64)) - int(np.prod(kept, dtype=np.int64))
+    return saved
+
+
+def _flops(fn: Callable[..., Any], tree: PyTree, args: Sequence[Any]) -> float:
+    cost: Any = jax.jit(fn).lower(tree, *args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float((cost or {}).get("flops", float("nan")))
+
+
+def _model_flops(
+    model: Any, groups: Sequence[Any], keep: Sequence[np.ndarray], args: Sequence[Any]
+) -> tuple[float, float]:
+    from ._shrink import shrink_model
+
+    nnx = _nnx()
+
+    def flops_of(m: Any) -> float:
+        graphdef, state = nnx.split(m)
+        return _flops(lambda s, *a: nnx.merge(graphdef, s)(*a), state, args)
+
+    clone = nnx.clone(model)
+    before = flops_of(clone)
+    shrink_model(clone, groups, [jnp.asarray(k) for k in keep], allow_empty=True)
+    return before, flops_of(clone)
