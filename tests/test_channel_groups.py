@@ -22,7 +22,9 @@ from _group_models import (
     Case,
     Version,
     count,
+    dense,
     group_key,
+    mlp_fn,
     odd_channels,
     owned_positions,
     reference_masked,
@@ -391,3 +393,25 @@ def test_unknown_primitive_drops_the_group_with_a_reason() -> None:
     near = [d for d in groups.dropped if ("layers.0.kernel", 1) in {(m.path, m.axis) for m in d.members}]
     assert near, groups.dropped
     assert all(re.search(r"callback", d.reason, re.IGNORECASE) for d in near), [d.reason for d in near]
+
+
+def test_a_function_that_does_not_trace_shows_the_trace_error() -> None:
+    c = case("mlp")
+    with pytest.raises(TypeError, match=r"dot_general requires contracting dimensions.*\(5,\) and \(4,\)"):
+        jp.channel_groups(c.fn, c.params, jnp.zeros((2, 5), jnp.float32))
+
+
+def test_keyword_arguments_reach_the_function() -> None:
+    c = case("mlp")
+
+    def fn(params: dict[str, Any], x: jax.Array, *, center: bool = False) -> jax.Array:
+        first, *rest = params["layers"]
+        h = jax.nn.relu(dense(first, x))
+        if center:  # a mean over the first hidden layer: its group is no longer exact
+            h = h - jnp.mean(h, axis=-1, keepdims=True)
+        return mlp_fn({"layers": rest}, h)
+
+    h1, h2 = c.plain.group("h1"), c.plain.group("h2")
+    assert keys(jp.channel_groups(fn, c.params, *c.args, exact_only=False)) == {h1.key, h2.key}
+    found = keys(jp.channel_groups(fn, c.params, *c.args, exact_only=False, center=True))
+    assert found == {(h1.size, False, h1.members), h2.key}
