@@ -977,7 +977,10 @@ def channel_groups(fn: Any, *args: Any, exact_only: bool = True, **kwargs: Any) 
     (8, [('w1', 1), ('w2', 0)])
     """
     call, params, call_args = _split_model(fn, args)
-    closed = jax.make_jaxpr(lambda p, a, k: call(p, *a, **k))(params, call_args, kwargs)
+    # Array keyword arguments are traced like the arguments; others (flags, sizes) stay Python values.
+    arrays = {k: v for k, v in kwargs.items() if _is_array(v)}
+    static = {k: v for k, v in kwargs.items() if k not in arrays}
+    closed = jax.make_jaxpr(lambda p, a, k: call(p, *a, **k, **static))(params, call_args, arrays)
     leaves = tree_util.tree_leaves_with_path(params)
     paths = [path_str(p) for p, _ in leaves]
     r = _Reader()
@@ -990,6 +993,11 @@ def channel_groups(fn: Any, *args: Any, exact_only: bool = True, **kwargs: Any) 
             r.fix(vid, "the channels reach the function's outputs")
     exactness = _Exactness(r, ins[: len(paths)])
     return _collect(r, exactness, paths, ins[: len(paths)], signature_of(params), exact_only)
+
+
+def _is_array(x: Any) -> bool:
+    leaves = jax.tree.leaves(x)
+    return bool(leaves) and all(isinstance(v, (jax.Array, np.ndarray, jax.ShapeDtypeStruct)) for v in leaves)
 
 
 def _collect(

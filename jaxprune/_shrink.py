@@ -451,7 +451,9 @@ def _attribute_changes(nnx: Any, model: Any, shrunk: Mapping[str, Any],
 
         def shape(name: str, module: Any = module, prefix: str = prefix) -> tuple[int, ...]:
             value = shrunk.get(prefix + name)
-            return tuple(np.shape(value if value is not None else getattr(module, name)[...]))
+            if value is None:  # unchanged: read the Variable, through sub-modules ("query.kernel")
+                value = functools.reduce(getattr, name.split("."), module)[...]
+            return tuple(np.shape(value))
 
         where = prefix[:-1] or "the model"
         for handler_type, handler in _handlers(nnx):

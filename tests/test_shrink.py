@@ -652,3 +652,17 @@ def test_other_bad_arguments(rng):
     model = MLP(nnx.Rngs(0))
     with pytest.raises(TypeError, match="to shrink an NNX module in place, use jp.shrink_model"):
         jp.shrink(model, [g], [vec(1, 1, 1, 1)])
+
+
+def test_shrink_model_refuses_a_value_head_dim_that_nnx_attention_cannot_hold():
+    # nnx.MultiHeadAttention has one head_dim for query, key and value: the
+    # value/out head dimension (an exact group of the jaxpr) cannot shrink alone.
+    model = nnx.MultiHeadAttention(num_heads=2, in_features=8, qkv_features=8, decode=False, rngs=nnx.Rngs(0))
+    x = jnp.ones((1, 3, 8))
+    (value_dim,) = [g for g in jp.channel_groups(model, x) if g.size == 4]
+    assert set(value_dim.paths) == {"value.kernel", "value.bias", "out.kernel"}
+    before = jax.tree.map(np.asarray, nnx.state(model))
+    with pytest.raises(ValueError, match="cannot shrink the MultiHeadAttention at 'the model'.*head_dim"):
+        jp.shrink_model(model, [value_dim], [jnp.array([True, False, True, True])])
+    assert model.head_dim == 4
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(nnx.state(model))))
