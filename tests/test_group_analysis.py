@@ -254,3 +254,19 @@ def test_bad_input_is_refused_and_trace_errors_are_shown():
 def test_positions_are_int64():
     (g,) = jp.channel_groups(mlp, MLP, spec(5, 3))
     assert all(m.positions.dtype == np.int64 for m in g.members)
+
+
+def test_custom_vjp_and_remat_bodies_are_followed():
+    @jax.custom_vjp
+    def act(x):
+        return jnp.tanh(x)
+
+    act.defvjp(lambda x: (jnp.tanh(x), x), lambda x, g: (g,))
+
+    def fn(p, x):
+        h = jax.checkpoint(lambda h: act(h @ p["a"]))(x)
+        return h @ p["b"]
+
+    p = {"a": jnp.ones((3, 8)), "b": jnp.ones((8, 2))}
+    (g,) = jp.channel_groups(fn, p, spec(2, 3))
+    assert members(g) == {("a", 1, 1), ("b", 0, 1)} and g.exact
