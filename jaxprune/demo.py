@@ -488,7 +488,7 @@ def measure(models: Sequence[tuple[nnx.GraphDef, Params]], x: jax.Array, reps: i
         analysis = c.cost_analysis()
         if isinstance(analysis, (list, tuple)):  # one dict per computation in older jax
             analysis = analysis[0]
-        flops.append(float(analysis["flops"]))
+        flops.append(float(analysis["flops"]) if analysis else float("nan"))  # a backend may give none
     for c, (_, params) in zip(compiled, models):
         jax.block_until_ready(c(params, x))  # the first call may still allocate
     times: list[list[float]] = [[] for _ in models]
@@ -519,7 +519,7 @@ def kept_channels(groups: Sequence[jp.ChannelGroup], masks: Any) -> tuple[np.nda
     for group in groups:
         member = group.members[0]
         mask = np.moveaxis(np.asarray(by_path[member.path]), member.axis, 0).reshape(member.length, -1)
-        keep.append(mask.any(axis=1)[member.positions].any(axis=1))
+        keep.append(np.asarray(mask.any(axis=1))[member.positions].any(axis=1))
     return tuple(keep)
 
 
