@@ -34,10 +34,32 @@ accuracy against sparsity, and with ``out_dir`` saves the final params and
 masks as safetensors files (``jp.save_tree``), checked by loading them back.
 The same seed prints the same table (on the same machine and jax version).
 
+The second demo, :func:`run_channels` (``jaxprune demo --channels``,
+``examples/shrink_digits.py``), prunes whole channels: the same CNN with conv
+widths 32 and 64, the same data, batches and optimizer, trained
+
+1. dense, for ``steps`` steps;
+2. with ``jp.pruning(optax.adam(lr), groups, make_schedule(steps, 0.75))``
+   over its channel groups (``jp.channel_groups`` of the forward: each conv's
+   output channels, with the next layer's input positions, the flattened ones
+   of the linear layer too): whole channels are pruned gradually inside the
+   jitted step, to exactly 75% of every group. The channels pruned are read
+   from the optimizer's masks and removed with ``jp.shrink_model``; the
+   shrunk model's logits are checked equal to the pruned model's;
+3. a dense model of the shrunk widths, from scratch, for ``steps`` steps.
+
+It prints params, FLOPs (XLA's cost analysis of the jitted forward on the
+test set), median inference time (compile excluded) and test accuracy of
+each, with the pruned model before shrinking (as big and as slow as the
+dense one) for comparison. The same seed prints the same table, apart from
+the times.
+
 >>> make_schedule(2000).start, make_schedule(2000).end, make_schedule(2000).every
 (400, 1200, 80)
 >>> batch_indices(0, n_train=200, steps=5, batch_size=64).shape
 (5, 64)
+>>> count_params({"w": jnp.zeros((3, 4)), "b": jnp.zeros(4)})
+16
 """
 
 from __future__ import annotations
@@ -46,7 +68,7 @@ import argparse
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
@@ -64,6 +86,7 @@ LEARNING_RATE = 5e-3
 FINAL_SPARSITY = 0.9
 MASK_UPDATES = 10  # nonzero sparsity levels; the schedule's first update (at `start`) is at 0%
 RULES = {"*.kernel": jp.L1Unstructured}
+WIDTHS = (16, 32)  # the CNN's conv widths
 
 Params = Any  # an nnx.State of the model's nnx.Param variables
 StepFn = Callable[[Params, Any, jax.Array], tuple[Params, Any, jax.Array]]
@@ -111,12 +134,12 @@ def model_class() -> type:
     from flax import nnx
 
     class DigitsCNN(nnx.Module):
-        """conv 1->16 3x3, relu, conv 16->32 3x3, relu, avg-pool 2x2, linear 512->10."""
+        """conv 1->w1 3x3, relu, conv w1->w2 3x3, relu, avg-pool 2x2, linear 16*w2->10 (``widths=(w1, w2)``)."""
 
-        def __init__(self, *, rngs: nnx.Rngs) -> None:
-            self.conv1 = nnx.Conv(1, 16, (3, 3), rngs=rngs)
-            self.conv2 = nnx.Conv(16, 32, (3, 3), rngs=rngs)
-            self.fc = nnx.Linear(4 * 4 * 32, 10, rngs=rngs)
+        def __init__(self, *, rngs: nnx.Rngs, widths: tuple[int, int] = WIDTHS) -> None:
+            self.conv1 = nnx.Conv(1, widths[0], (3, 3), rngs=rngs)
+            self.conv2 = nnx.Conv(widths[0], widths[1], (3, 3), rngs=rngs)
+            self.fc = nnx.Linear(4 * 4 * widths[1], 10, rngs=rngs)
 
         def __call__(self, x: jax.Array) -> jax.Array:
             """Logits (N, 10) for images (N, 8, 8, 1)."""
@@ -128,11 +151,11 @@ def model_class() -> type:
     return DigitsCNN
 
 
-def init_model(seed: int) -> tuple[nnx.GraphDef, Params]:
-    """The CNN's graph definition and its parameters, initialised from ``seed``."""
+def init_model(seed: int, widths: tuple[int, int] = WIDTHS) -> tuple[nnx.GraphDef, Params]:
+    """The CNN's graph definition and its parameters (conv widths ``widths``), initialised from ``seed``."""
     from flax import nnx
 
-    return nnx.split(model_class()(rngs=nnx.Rngs(seed)), nnx.Param)
+    return nnx.split(model_class()(rngs=nnx.Rngs(seed), widths=widths), nnx.Param)
 
 
 def loss_fn(graphdef: nnx.GraphDef, params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -187,14 +210,14 @@ def batch_indices(seed: int, n_train: int, steps: int, batch_size: int = BATCH_S
     return np.concatenate(rows)[:steps].astype(np.int32)
 
 
-def make_schedule(steps: int) -> jp.PolynomialSchedule:
-    """Dense for 20% of ``steps``, then MASK_UPDATES updates to FINAL_SPARSITY by 60%."""
+def make_schedule(steps: int, final: float = FINAL_SPARSITY) -> jp.PolynomialSchedule:
+    """Dense for 20% of ``steps``, then MASK_UPDATES updates to ``final`` sparsity by 60%."""
     every = max(1, (2 * steps // 5) // MASK_UPDATES)
     start = steps // 5
     end = start + MASK_UPDATES * every
     if end >= steps:
         raise ValueError(f"--steps {steps} is too few for a schedule of {MASK_UPDATES} updates")
-    return jp.polynomial_schedule(0.0, FINAL_SPARSITY, start=start, end=end, every=every)
+    return jp.polynomial_schedule(0.0, final, start=start, end=end, every=every)
 
 
 def kernel_sparsity(params: Params, masks: Any) -> float:
@@ -203,16 +226,22 @@ def kernel_sparsity(params: Params, masks: Any) -> float:
     return jp.SparsityReport(tuple(leaf for leaf in report.leaves if leaf.path.endswith("kernel"))).sparsity
 
 
+def fit(graphdef: nnx.GraphDef, params: Params, tx: optax.GradientTransformation, seed: int, steps: int,
+        data: Digits) -> tuple[Params, Any]:
+    """Train ``params`` with ``tx`` for ``steps`` steps (batches drawn from ``seed``); return params and state."""
+    opt_state: Any = tx.init(params)
+    step = make_train_step(graphdef, tx, data)
+    for idx in batch_indices(seed, data.x_train.shape[0], steps):
+        params, opt_state, _ = step(params, opt_state, idx)
+    return params, opt_state
+
+
 def train_dense(seed: int, steps: int, data: Digits) -> float:
     """Train the dense baseline for ``steps`` steps; return its test accuracy."""
     import optax
 
     graphdef, params = init_model(seed)
-    tx = optax.adam(LEARNING_RATE)
-    opt_state: Any = tx.init(params)  # a jp.PruningState
-    step = make_train_step(graphdef, tx, data)
-    for idx in batch_indices(seed, data.x_train.shape[0], steps):
-        params, opt_state, _ = step(params, opt_state, idx)
+    params, _ = fit(graphdef, params, optax.adam(LEARNING_RATE), seed, steps, data)
     return make_accuracy(graphdef)(params, data.x_test, data.y_test)
 
 
@@ -389,3 +418,211 @@ def main(argv: list[str] | None = None, *, prog: str | None = None, default_plot
     except ValueError as err:
         parser.error(str(err))
     run(seed=args.seed, steps=args.steps, plot_path=args.plot, out_dir=args.out_dir)
+
+
+# --------------------------------------------------------------------------
+# The second demo: whole channels pruned while training, then the model shrunk
+# --------------------------------------------------------------------------
+
+CHANNEL_WIDTHS = (32, 64)  # enough channels to prune
+CHANNEL_SPARSITY = 0.75  # of every channel group
+CHANNEL_STEPS = 1000  # the default: the demo's four trainings and timings in well under a minute
+TIMING_REPS = 50
+
+
+class Cost(NamedTuple):
+    """What a model costs on the test set: parameters, FLOPs of the compiled forward, its time."""
+
+    params: int
+    flops: float  # from XLA's cost analysis of the jitted forward on the test set
+    seconds: float  # median over the reps, compile excluded
+
+
+class ChannelRow(NamedTuple):
+    """One row of the table."""
+
+    model: str
+    widths: tuple[int, int]
+    cost: Cost
+    accuracy: float
+
+
+class ChannelsResult(NamedTuple):
+    """What :func:`run_channels` measured."""
+
+    rows: list[ChannelRow]
+    groups: jp.ChannelGroups
+    keep: tuple[np.ndarray, ...]  # per group, the channels kept
+    max_difference: float  # max |shrunk - pruned| of the logits on the test set
+
+
+def conv_widths(params: Params) -> tuple[int, int]:
+    """The output widths of the two convs, read from their kernels."""
+    return int(params["conv1"]["kernel"].shape[-1]), int(params["conv2"]["kernel"].shape[-1])
+
+
+def count_params(params: Params) -> int:
+    """The number of parameters (Python ints: no int32 overflow)."""
+    return sum(int(np.prod(np.shape(leaf), dtype=np.int64)) for leaf in jax.tree.leaves(params))
+
+
+def make_forward(graphdef: nnx.GraphDef) -> Callable[[Params, jax.Array], jax.Array]:
+    """``forward(params, x)``: the model's logits (not jitted)."""
+    from flax import nnx
+
+    return lambda params, x: nnx.merge(graphdef, params)(x)
+
+
+def measure(models: Sequence[tuple[nnx.GraphDef, Params]], x: jax.Array, reps: int = TIMING_REPS) -> list[Cost]:
+    """Per model: parameters, FLOPs (XLA's cost analysis) and median time of its jitted forward on ``x``.
+
+    All are compiled first (compile excluded from the times), then timed in
+    turn, rep after rep: a load that comes and goes on the machine slows all
+    of them alike.
+    """
+    import time
+
+    compiled = [jax.jit(make_forward(graphdef)).lower(params, x).compile() for graphdef, params in models]
+    flops = []
+    for c in compiled:
+        analysis = c.cost_analysis()
+        if isinstance(analysis, (list, tuple)):  # one dict per computation in older jax
+            analysis = analysis[0]
+        flops.append(float(analysis["flops"]) if analysis else float("nan"))  # a backend may give none
+    for c, (_, params) in zip(compiled, models):
+        jax.block_until_ready(c(params, x))  # the first call may still allocate
+    times: list[list[float]] = [[] for _ in models]
+    for _ in range(reps):
+        for c, (_, params), t in zip(compiled, models, times):
+            begin = time.perf_counter()
+            jax.block_until_ready(c(params, x))
+            t.append(time.perf_counter() - begin)
+    return [Cost(count_params(params), f, float(np.median(t))) for (_, params), f, t in zip(models, flops, times)]
+
+
+def kept_channels(groups: Sequence[jp.ChannelGroup], masks: Any) -> tuple[np.ndarray, ...]:
+    """Per group, the channels kept (bool vectors, as jp.group_keep gives), read from ``jp.pruning``'s masks.
+
+    A channel is kept where its positions in the group's first member are kept
+    (``jp.pruning`` masks whole channels, in every member at once).
+
+    >>> def mlp(p, x):
+    ...     return jax.nn.relu(x @ p["w1"]) @ p["w2"]
+    >>> params = {"w1": jnp.ones((2, 3)), "w2": jnp.ones((3, 1))}
+    >>> groups = jp.channel_groups(mlp, params, jnp.ones((1, 2)))
+    >>> masks = {"w1": jnp.array([[True, False, True]] * 2), "w2": jnp.array([[True], [False], [True]])}
+    >>> [k.tolist() for k in kept_channels(groups, masks)]
+    [[True, False, True]]
+    """
+    by_path = {jp.path_str(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(masks)}
+    keep = []
+    for group in groups:
+        member = group.members[0]
+        mask = np.moveaxis(np.asarray(by_path[member.path]), member.axis, 0).reshape(member.length, -1)
+        keep.append(np.asarray(mask.any(axis=1))[member.positions].any(axis=1))
+    return tuple(keep)
+
+
+def train_channel_pruned(seed: int, steps: int, data: Digits) -> tuple[nnx.GraphDef, Params, jp.ChannelGroups,
+                                                                       tuple[np.ndarray, ...]]:
+    """The wide CNN trained with ``jp.pruning`` over its channel groups; its params, groups and kept channels.
+
+    Every group is exact (removing its channels equals masking them) and ends
+    with exactly ``round(CHANNEL_SPARSITY * size)`` channels pruned.
+    """
+    import optax
+
+    graphdef, params = init_model(seed, CHANNEL_WIDTHS)
+    groups = jp.channel_groups(make_forward(graphdef), params, jax.ShapeDtypeStruct((1, 8, 8, 1), jnp.float32))
+    assert [g.size for g in groups] == list(CHANNEL_WIDTHS) and all(g.exact for g in groups), groups
+    tx = jp.pruning(optax.adam(LEARNING_RATE), groups, make_schedule(steps, CHANNEL_SPARSITY))
+    params, opt_state = fit(graphdef, params, tx, seed, steps, data)
+    keep = kept_channels(groups, opt_state.masks)
+    for group, kept in zip(groups, keep):
+        assert int(np.sum(~kept)) == round(CHANNEL_SPARSITY * group.size), (group, kept)
+    check_zeros(params, opt_state.masks)  # the pruned channels are exactly 0 in every member
+    return graphdef, params, groups, keep
+
+
+def shrunk(graphdef: nnx.GraphDef, params: Params, groups: Sequence[jp.ChannelGroup],
+           keep: Sequence[np.ndarray]) -> tuple[nnx.GraphDef, Params]:
+    """The model with its pruned channels removed (``jp.shrink_model``): graph definition and params.
+
+    ``params`` are left as they are (``nnx.merge`` shares their Variables, so the model is merged from a copy).
+    """
+    from flax import nnx
+
+    model = nnx.merge(graphdef, jax.tree.map(jnp.array, params))
+    jp.shrink_model(model, groups, [jnp.asarray(k) for k in keep])
+    return nnx.split(model, nnx.Param)
+
+
+def run_channels(seed: int = 0, steps: int = CHANNEL_STEPS, reps: int = TIMING_REPS) -> ChannelsResult:
+    """Train dense, channel-pruned and small-from-scratch CNNs; shrink; print the table.
+
+    Raises ``ValueError`` when ``steps`` is too few for the schedule (before any work).
+    """
+    import optax
+
+    schedule = make_schedule(steps, CHANNEL_SPARSITY)
+    data = load_data()
+    x, y = data.x_test, data.y_test
+    print(f"digits: {data.x_train.shape[0]} train / {x.shape[0]} test images (8x8), seed {seed}, {steps} steps "
+          f"of batch {BATCH_SIZE}, adam {LEARNING_RATE:g}; CNN conv widths {CHANNEL_WIDTHS[0]}, {CHANNEL_WIDTHS[1]}")
+    print(f"schedule: polynomial 0% -> {CHANNEL_SPARSITY:.0%} of the channels of every channel group (L2), "
+          f"updates at steps {schedule.start}..{schedule.end} every {schedule.every}, then fine-tuning to "
+          f"step {steps}\n")
+
+    progress(f"training the dense baseline ({steps} steps)")
+    graphdef, params = init_model(seed, CHANNEL_WIDTHS)
+    dense, _ = fit(graphdef, params, optax.adam(LEARNING_RATE), seed, steps, data)
+    progress(f"training with jp.pruning over channel groups to {CHANNEL_SPARSITY:.0%} ({steps} steps)")
+    graphdef, pruned, groups, keep = train_channel_pruned(seed, steps, data)
+    expected = np.asarray(make_forward(graphdef)(pruned, x))
+    small_graphdef, small = shrunk(graphdef, pruned, groups, keep)
+    got = np.asarray(make_forward(small_graphdef)(small, x))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg="the shrunk model differs")
+    widths = conv_widths(small)
+    progress(f"training a dense model of the shrunk widths {widths} from scratch ({steps} steps)")
+    scratch_graphdef, scratch = init_model(seed, widths)
+    scratch, _ = fit(scratch_graphdef, scratch, optax.adam(LEARNING_RATE), seed, steps, data)
+    progress(f"done; measuring FLOPs and inference time ({reps} reps each)")
+
+    models = [("dense", graphdef, dense), ("pruned, masked (before shrink)", graphdef, pruned),
+              ("pruned + shrunk", small_graphdef, small), ("small dense from scratch", scratch_graphdef, scratch)]
+    costs = measure([(g, p) for _, g, p in models], x, reps)
+    rows = [ChannelRow(name, conv_widths(p), cost, make_accuracy(g)(p, x, y))
+            for (name, g, p), cost in zip(models, costs)]
+    print_channels_table(rows, x.shape[0])
+    difference = float(np.max(np.abs(got - expected)))
+    print(f"\nchecked: the shrunk model's logits equal the pruned model's on the {x.shape[0]} test images "
+          f"(max |difference| {difference:.1e}; rtol 1e-5, atol 1e-5); pruned channels per group: "
+          + ", ".join(f"{int(np.sum(~k))} of {g.size}" for g, k in zip(groups, keep)))
+    return ChannelsResult(rows, groups, keep, difference)
+
+
+def print_channels_table(rows: Sequence[ChannelRow], batch: int) -> None:
+    """The table: model | conv widths | params | FLOPs | inference time | test accuracy."""
+    base = rows[0].cost
+    print(f"| model | conv widths | params | FLOPs (batch {batch}) | inference time (batch {batch}) | test accuracy |")
+    print("|---|---|---:|---:|---:|---:|")
+    for row in rows:
+        c = row.cost
+        print(f"| {row.model} | {row.widths[0]}, {row.widths[1]} | {c.params:,} | {c.flops / 1e6:,.1f} M "
+              f"({c.flops / base.flops:.2f}x) | {1e3 * c.seconds:.2f} ms ({c.seconds / base.seconds:.2f}x) "
+              f"| {row.accuracy:.2%} |")
+
+
+def main_channels(argv: list[str] | None = None, *, prog: str | None = None) -> None:
+    """The second example script's command line: ``[--seed 0] [--steps 1000]``."""
+    parser = argparse.ArgumentParser(prog=prog, description="Channel pruning of a CNN on scikit-learn's digits "
+                                     "while it trains, then shrinking it (jaxprune.demo.run_channels).")
+    parser.add_argument("--seed", type=int, default=0, help="model init and batch order (default 0)")
+    parser.add_argument("--steps", type=int, default=CHANNEL_STEPS,
+                        help=f"training steps of each run (default {CHANNEL_STEPS})")
+    args = parser.parse_args(argv)
+    try:
+        make_schedule(args.steps, CHANNEL_SPARSITY)
+    except ValueError as err:
+        parser.error(str(err))
+    run_channels(seed=args.seed, steps=args.steps)

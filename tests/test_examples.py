@@ -37,3 +37,52 @@ def test_digits_example_prunes_to_90_percent_and_writes_the_plot(tmp_path):
     assert dense > 90.0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "masks.safetensors").exists()
+
+
+def channel_table(out: str) -> list[list[str]]:
+    """The rows of the channel demo's table, split into cells (header and rule included)."""
+    lines = [line for line in out.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def test_shrink_example_prunes_channels_shrinks_and_matches_the_cli():
+    out = run_example("shrink_digits.py", "--steps", "100")
+    table = channel_table(out)
+    assert table[0] == ["model", "conv widths", "params", "FLOPs (batch 450)", "inference time (batch 450)",
+                        "test accuracy"]
+    rows = {row[0]: row for row in table[2:]}
+    assert list(rows) == ["dense", "pruned, masked (before shrink)", "pruned + shrunk", "small dense from scratch"]
+    # 75% of each group: 24 of 32 and 48 of 64 channels; params 9*1*8+8 + 9*8*16+16 + 256*10+10 exactly.
+    assert [(r[1], r[2]) for r in rows.values()] == [("32, 64", "29,066"), ("32, 64", "29,066"),
+                                                     ("8, 16", "3,818"), ("8, 16", "3,818")]
+    assert "pruned channels per group: 24 of 32, 48 of 64" in out
+    assert re.search(r"checked: the shrunk model's logits equal the pruned model's on the 450 test images "
+                     r"\(max \|difference\| \d\.\de[-+]\d\d; rtol 1e-5, atol 1e-5\)", out)
+    flops = {name: float(re.fullmatch(r"([\d,.]+) M \(\d+\.\d\dx\)", r[3]).group(1).replace(",", ""))
+             for name, r in rows.items()}
+    assert flops["pruned, masked (before shrink)"] == flops["dense"]  # masking saves nothing
+    assert flops["pruned + shrunk"] == flops["small dense from scratch"] < flops["dense"] / 10
+    for r in rows.values():
+        assert re.fullmatch(r"\d+\.\d\d ms \(\d+\.\d\dx\)", r[4]), r
+        assert re.fullmatch(r"\d+\.\d\d%", r[5]), r
+    assert rows["pruned + shrunk"][5] == rows["pruned, masked (before shrink)"][5]
+    # `jaxprune demo --channels` runs the same demo: the same table, apart from the times.
+    cli = subprocess.run([sys.executable, "-m", "jaxprune", "demo", "--channels", "--steps", "100"],
+                         capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    without_times = [[cell for i, cell in enumerate(row) if i != 4] for row in table]
+    assert [[cell for i, cell in enumerate(row) if i != 4] for row in channel_table(cli.stdout)] == without_times
+    assert "[demo] training with jp.pruning over channel groups to 75% (100 steps)" in cli.stderr
+
+
+def test_demo_channels_refuses_a_plot_and_too_few_steps_before_any_work():
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "jaxprune", "demo", "--channels", *args], capture_output=True,
+                              text=True, timeout=120)
+
+    result = cli("--plot", "x.png")
+    assert result.returncode == 2 and result.stdout == ""
+    assert "--plot 'x.png': the --channels demo writes no plot" in result.stderr
+    result = cli("--steps", "5")
+    assert result.returncode == 2 and result.stdout == ""
+    assert "--steps: --steps 5 is too few for a schedule of 10 updates" in result.stderr

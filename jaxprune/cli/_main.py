@@ -82,9 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "(L1, polynomial schedule to 90%), print accuracy against sparsity, write the plot. "
                        "Needs pip install 'jaxprune[examples]'.")
     d.add_argument("--seed", type=int, default=0, help="model init, batch order and pruning key (default 0)")
-    d.add_argument("--steps", type=int, default=2000, help="training steps of each run (default 2000)")
-    d.add_argument("--plot", default="jaxprune_demo.png", help="where to write the PNG plot (default "
-                   "jaxprune_demo.png)")
+    d.add_argument("--steps", type=int, default=None, help="training steps of each run (default 2000; 1000 "
+                   "with --channels)")
+    d.add_argument("--plot", default=None, help="where to write the PNG plot (default jaxprune_demo.png)")
+    d.add_argument("--channels", action="store_true", help="the second demo: prune whole channels of a wider CNN "
+                   "while it trains (75%% of every channel group), shrink it, and print params, FLOPs, inference "
+                   "time and accuracy of the dense, shrunk and small-from-scratch models (no plot)")
     return parser
 
 
