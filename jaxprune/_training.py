@@ -102,7 +102,7 @@ def _refuse_set_amounts(p: Plan) -> None:
 
 def pruning(
     inner: optax.GradientTransformation,
-    rules: Rules,
+    rules: Rules | ChannelPruning | Sequence[ChannelGroup],
     schedule: Schedule | Callable[[Array], ArrayLike],
     *,
     key: PRNGKey | None = None,
@@ -156,13 +156,14 @@ def pruning(
     if isinstance(rules, ChannelPruning) or _is_groups(rules):
         spec = rules if isinstance(rules, ChannelPruning) else ChannelPruning(tuple(rules))  # type: ignore[arg-type]
         return _channel_pruning(optax, inner, spec, schedule, key)
+    leaf_rules = cast(Rules, rules)
     plans: dict[Any, Plan] = {}
 
     def plan_for(params: PyTree) -> tuple[list[tuple[str, Any]], Plan]:
         named = named_leaves(params)
         signature = (jax.tree.structure(params), tuple((jnp.shape(x), jnp.result_type(x)) for _, x in named))
         if signature not in plans:
-            p = plan(named, rules, factory_amount=0)
+            p = plan(named, leaf_rules, factory_amount=0)
             _refuse_set_amounts(p)
             check_key_for(p, key)
             plans[signature] = p
