@@ -6,7 +6,8 @@ random methods (same seed, same masks), byte-identical reruns, and every
 bad-input case: one line on stderr, exit status 2, nothing left behind.
 """
 
-import concurrent.futures
+import contextlib
+import io
 import json
 import os
 import pty
@@ -364,9 +365,31 @@ BAD_RULES = [
 
 
 def run_all(commands):
-    """Run the commands two at a time (each is mostly interpreter and jax start-up)."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        return list(pool.map(lambda args: run_cli(*args), commands))
+    """Run the commands in this process through ``main`` (the entry point's own function): a
+    process per command is mostly interpreter and jax start-up; the tests above run the real
+    executable, and `test_errors_in_process_equal_the_executables` checks the two agree."""
+    return [run_in_process(*args) for args in commands]
+
+
+def run_in_process(*args):
+    from jaxprune.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def test_errors_in_process_equal_the_executables(files, tmp_path):
+    cases = [
+        ["prune", tmp_path / "missing.pt", "-o", tmp_path / "o.safetensors", "--rule", "*.weight=l1:0.5"],
+        ["prune", files / "cnn.safetensors", "-o", tmp_path / "o.safetensors", "--rule", "*.weight=magic:0.5"],
+        ["report", tmp_path],
+    ]
+    for args in cases:
+        real, here = run_cli(*args), run_in_process(*args)
+        assert (here.returncode, here.stdout, here.stderr) == (real.returncode, real.stdout, real.stderr)
+        assert real.returncode == 2
 
 
 def check_all(cases, results):
