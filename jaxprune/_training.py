@@ -199,18 +199,33 @@ def pruning(
                                 amount=lambda method, dms: _new_count(method, dms, target))
             return jax.tree.unflatten(jax.tree.structure(masks, is_leaf=_is_none), new)  # None where unpruned
 
-        masks = lax.cond(schedule.is_update(step), recompute, lambda m: m, state.masks)
-        grads = apply_masks(updates, masks)
-        inner_updates, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
-
-        final = jax.tree.map(_finish, masks, inner_updates, params, is_leaf=_is_none)
-        return final, PruningState(optax.safe_int32_increment(step), masks, inner_state)
+        return _masked_step(optax, inner, schedule, recompute, updates, state, params, extra_args)
 
     return optax.GradientTransformationExtraArgs(init, update)
 
 
 def _is_none(x: Any) -> bool:
     return x is None
+
+
+def _masked_step(
+    optax: Any,
+    inner: Any,
+    schedule: Schedule,
+    recompute: Callable[[PyTree], PyTree],
+    updates: PyTree,
+    state: PruningState,
+    params: PyTree,
+    extra_args: dict[str, Any],
+) -> tuple[PyTree, PruningState]:
+    """One step of either kind of rules: masks recomputed on update steps, gradients masked, the
+    inner optimizer, then pruned parameters sent to 0."""
+    step = state.count
+    masks = lax.cond(schedule.is_update(step), recompute, lambda m: m, state.masks)
+    grads = apply_masks(updates, masks)
+    inner_updates, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
+    final = jax.tree.map(_finish, masks, inner_updates, params, is_leaf=_is_none)
+    return final, PruningState(optax.safe_int32_increment(step), masks, inner_state)
 
 
 def _finish(mask: Array | None, update: Array, param: Array) -> Array:
@@ -347,11 +362,6 @@ def _channel_pruning(optax: Any, inner: Any, spec: ChannelPruning, schedule: Sch
                 keep.append(_keep_lowest_entries(scores, old, as_count(k)))
             return masks_of(params, groups, keep)
 
-        masks = lax.cond(schedule.is_update(step), recompute, lambda m: m, state.masks)
-        grads = apply_masks(updates, masks)
-        inner_updates, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
-
-        final = jax.tree.map(_finish, masks, inner_updates, params, is_leaf=_is_none)
-        return final, PruningState(optax.safe_int32_increment(step), masks, inner_state)
+        return _masked_step(optax, inner, schedule, recompute, updates, state, params, extra_args)
 
     return optax.GradientTransformationExtraArgs(init, update)
