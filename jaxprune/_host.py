@@ -152,7 +152,11 @@ def threefry_words(key: object) -> tuple[int, int] | None:
         impl = str(jax.random.key_impl(key))  # pyright: ignore[reportArgumentType]
         if "threefry2x32" not in impl:
             return None
-        data = jax.random.key_data(key)  # pyright: ignore[reportArgumentType]
+        # The key's own uint32 array when jax keeps one (a concrete key does):
+        # key_data's dispatch costs more than the rest of a small draw.
+        data = getattr(key, "_base_array", None)
+        if not isinstance(data, jax.Array):
+            data = jax.random.key_data(key)  # pyright: ignore[reportArgumentType]
         if isinstance(data, jax.core.Tracer):  # pyright: ignore[reportAttributeAccessIssue] - under a trace
             return None
         data = np.asarray(data)
@@ -197,7 +201,7 @@ def _bits_into(out: np.ndarray, key: tuple[int, int], starts: Sequence[int]) -> 
         np.bitwise_xor(x0, x1, out=out[start:start + counter.size])
 
 
-_SCALAR_MAX = 64
+_SCALAR_MAX = 10  # NumPy's rounds cost about as much as 10 draws in Python ints
 _MASK = 0xFFFFFFFF
 
 

@@ -42,7 +42,7 @@ KEYS = [jax.random.key(0), jax.random.key(2**31 - 1), jax.random.PRNGKey(12345),
 
 
 @pytest.mark.parametrize("key", KEYS, ids=["key0", "key-big", "legacy", "key7"])
-@pytest.mark.parametrize("n", [0, 1, 5, 65535, 65536, 65537, 200_001])
+@pytest.mark.parametrize("n", [0, 1, 5, 10, 11, 64, 65535, 65536, 65537, 200_001])
 def test_random_bits_are_jaxs(key, n):
     words = _host.threefry_key(key)
     assert words is not None
@@ -70,6 +70,27 @@ def test_leaf_keys_keep_their_type_and_bits():
                                                              "little"))
             ref = folded if folded.dtype == jnp.uint32 else jax.random.key_data(folded)
             np.testing.assert_array_equal(np.asarray(data), np.asarray(ref))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2**31, 2**32 - 1])
+def test_wrapped_seed_is_jax_random_key_without_compiling(seed):
+    # The README's way to get jax.random.key(seed) on a fresh process without
+    # jax's seeding kernel: the same key, so the same masks.
+    with counting_traces() as traces:
+        key = jax.random.wrap_key_data(np.array([0, seed], np.uint32))
+        mask = jp.random_structured(key, np.ones((6, 7), np.float32), 0.5, dim=1)
+    assert traces == []
+    ref = jax.random.key(seed)
+    assert key.dtype == ref.dtype
+    assert np.asarray(jax.random.key_data(key)).tolist() == np.asarray(jax.random.key_data(ref)).tolist()
+    np.testing.assert_array_equal(np.asarray(mask), np.asarray(jp.random_structured(ref, np.ones((6, 7)), 0.5, 1)))
+
+
+def test_threefry_words_read_under_a_trace_give_none():
+    seen = []
+    jax.jit(lambda k: seen.append(_host.threefry_words(k)) or k)(jax.random.key(3))
+    assert seen == [None]
+    assert _host.threefry_words(jax.random.key(3)) == (0, 3)
 
 
 def test_keys_numpy_cannot_reproduce_take_the_compiled_path():
