@@ -128,6 +128,19 @@ def select_lowest(keys: Sequence[np.ndarray], candidates: Sequence[np.ndarray | 
     return out
 
 
+def lowest_slices(scores: np.ndarray, alive: np.ndarray | None, k: int) -> np.ndarray:
+    """Indices of the ``k`` entries of lowest score among ``alive`` (None = all)
+    of a 1-D array of slice scores (float norms or uint32 draws), in one
+    stable sort: :func:`select_lowest`'s order (ties by position; ``-0.0``
+    ties with ``+0.0`` and NaN ranks above ``+inf``, all NaN equal, as in
+    NumPy's float sort). A tensor has few slices, so sorting them costs less
+    than making sort keys and the threshold passes."""
+    if alive is None:
+        return np.argsort(scores, kind="stable")[:k]
+    candidates = np.flatnonzero(alive)
+    return candidates[np.argsort(scores[candidates], kind="stable")[:k]]
+
+
 # --------------------------------------------------------------------------
 # jax's uniform uint32 draws, in NumPy
 # --------------------------------------------------------------------------

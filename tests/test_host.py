@@ -154,6 +154,28 @@ def test_structured_methods_match_the_kernels(dtype, shape, dim):
         assert_same_masks(lambda: jp.structured_mask(scores, shape, amount, dim, default_mask=dm))
 
 
+def test_slices_sorted_or_selected_give_one_mask(monkeypatch):
+    # Few slices are sorted outright, many go through the keys' selection: one order.
+    from jaxprune import _methods
+
+    scores = _values((300,), np.float32, 16)  # NaN, +-inf, +-0.0, ties
+    t = _values((300, 3), np.float32, 17)
+    dm = np.random.default_rng(18).random((300, 3)) > 0.2
+    dm[:40] = False  # slices pruned before
+
+    def masks():
+        return [np.asarray(m) for amount in (1, 0.3, 0.97) for m in (
+            jp.structured_mask(scores, (300, 3), amount, 0, default_mask=dm),
+            jp.structured_mask(_values((300,), np.int32, 20), (300, 3), amount, 0),
+            jp.ln_structured(t, amount, 1, 0, default_mask=dm),
+            jp.random_structured(jax.random.key(19), t, amount, 0, default_mask=dm))]
+
+    sorted_masks = masks()
+    monkeypatch.setattr(_methods, "_SORT_SLICES_MAX", 0)
+    for got, want in zip(masks(), sorted_masks, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_dyadic_norms_match_the_kernels():
     """n=1 and n=2 norms of dyadic values are exact sums on both paths."""
     t = (np.random.default_rng(8).integers(-8, 9, size=(32, 20)) / 4).astype(np.float32)
