@@ -86,6 +86,22 @@ def test_wrapped_seed_is_jax_random_key_without_compiling(seed):
     np.testing.assert_array_equal(np.asarray(mask), np.asarray(jp.random_structured(ref, np.ones((6, 7)), 0.5, 1)))
 
 
+@pytest.mark.parametrize("host_max", [None, 0], ids=["numpy", "kernels"])
+def test_tree_random_masks_draw_from_leaf_key(host_max):
+    # The planner hands its own random methods a NumPy leaf's key as plain
+    # words: the masks must stay those of leaf_key's typed key, on both paths.
+    tree = {"a": np.ones((40, 3), np.float32), "b": {"c": np.ones((5, 7), np.float16)}, "d": np.ones(30, np.float32)}
+    rules = {"a": jp.RandomStructured(0.4, 0), "b.c": jp.RandomUnstructured(0.5), "d": jp.RandomUnstructured(7)}
+    key = jax.random.key(21)
+    with forced(host_max=host_max) if host_max is not None else forced():
+        got = jp.prune_tree(key, tree, rules)
+    want = {"a": jp.random_structured(leaf_key(key, "a"), tree["a"], 0.4, 0),
+            "b": {"c": jp.random_unstructured(leaf_key(key, "b.c"), tree["b"]["c"], 0.5)},
+            "d": jp.random_unstructured(leaf_key(key, "d"), tree["d"], 7)}
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
 def test_threefry_words_read_under_a_trace_give_none():
     seen = []
     jax.jit(lambda k: seen.append(_host.threefry_words(k)) or k)(jax.random.key(3))
