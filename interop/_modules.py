@@ -19,8 +19,9 @@ removing a rule never changes another parameter's mask.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -79,13 +80,22 @@ def plan_module(module: torch.nn.Module, rules: Rules, *, factory_amount: Any = 
     check_module(module, "plan_module")
     params = prunable_parameters(module) if _params is None else _params
     tensors = {name: _current(sub, attr)[0] for name, (sub, attr) in params.items()}
-    named = [(name, jax.ShapeDtypeStruct(tuple(t.shape), _jax_dtype(t.dtype))) for name, t in tensors.items()]
+    named = [(name, _Leaf(tuple(t.shape), _jax_dtype(t.dtype))) for name, t in tensors.items()]
     if callable(rules) and not isinstance(rules, Mapping):
         torch_rules = rules
         return plan(named, lambda name, _: torch_rules(name, tensors[name]), factory_amount=factory_amount)
     return plan(named, rules, factory_amount=factory_amount)
 
 
+class _Leaf(NamedTuple):
+    """What the planner reads of a parameter: its shape and dtype (lighter
+    than a ``jax.ShapeDtypeStruct``, made for every parameter of the module)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+@functools.lru_cache(maxsize=None)
 def _jax_dtype(dtype: torch.dtype) -> np.dtype:
     """The NumPy/JAX dtype of a torch dtype (``object`` for one JAX lacks, which
     the planner then refuses as not floating)."""

@@ -44,17 +44,31 @@ def match_patterns(
 
     >>> match_patterns(["a.kernel", "a.bias", "b.kernel"], {"a.*": 1, "*.kernel": 2})
     [(0, 'a.*', 1), (1, 'a.*', 1), (2, '*.kernel', 2)]
+    >>> match_patterns(["a.b", "a.c", "x.c", "a.d"], {"a.c": 3, "*.c": 1, "a.b": 2, "a.*": 4})
+    [(0, 'a.b', 2), (1, 'a.c', 3), (2, '*.c', 1), (3, 'a.*', 4)]
     """
     for pattern in rules:
         if not isinstance(pattern, str):
             raise TypeError(f"rule patterns must be strings, got {pattern!r}")
     chosen, won, matched = [], set(), set()
-    # A pattern without wildcards matches its own text only: a string compare,
-    # not a regex (a rule per parameter, as the torch bridge writes, is common).
-    literal = {p: not any(c in p for c in "*?[") for p in rules}
+    # A pattern without wildcards matches its own text only: a dict lookup,
+    # not a regex per name (a rule per parameter, as the torch bridge writes,
+    # is common: comparing every name with every rule grows as their product).
+    # (Patterns may be str subclasses that compare by more than their text:
+    # literals are looked up by text, and several may share one.)
+    order = {p: i for i, p in enumerate(rules)}
+    literals: dict[str, list[Any]] = {}
+    wildcards = []
+    for p in rules:
+        if any(c in p for c in "*?["):
+            wildcards.append(p)
+        else:
+            literals.setdefault(str(p), []).append(p)
     for index, name in enumerate(names):
-        hits = [p for p in rules if (str(p) == name if literal[p] else fnmatch.fnmatchcase(name, p))
-                and (eligible is None or eligible(index, p))]
+        found = [p for p in wildcards if fnmatch.fnmatchcase(name, p)]
+        if name in literals:
+            found = sorted([*literals[name], *found], key=order.__getitem__)
+        hits = [p for p in found if eligible is None or eligible(index, p)]
         matched.update(hits)
         if hits:
             won.add(hits[0])
