@@ -210,8 +210,7 @@ def prune_module(
             # The mask goes where the parameter is (jax may have computed it on
             # another device, e.g. its default GPU for a CPU module), in its
             # dtype and memory format, as torch's own masks.
-            source = torch.from_numpy(mask) if isinstance(mask, np.ndarray) else to_torch(mask)
-            mask_tensor = torch.empty_like(current, requires_grad=False).copy_(source)
+            mask_tensor = _mask_tensor(mask, current)
             # Saved before torch starts: its own rollback covers only some of its
             # steps and no BaseException, so the failing submodule needs ours too.
             touched.append((sub, attr, _save_state(sub, attr)))
@@ -225,6 +224,25 @@ def prune_module(
     else:
         return module
     raise failure  # outside the handler, so the original failure gets no torch error as its context
+
+
+def _mask_tensor(mask: jax.Array | np.ndarray, current: torch.Tensor) -> torch.Tensor:
+    """The mask as torch's: ``current``'s dtype, device and memory format.
+
+    A NumPy mask for a contiguous CPU tensor of a NumPy dtype is converted in
+    NumPy: torch's copy kernel wakes its thread pool for a tensor of some
+    size, which on a busy machine can cost milliseconds per tensor.
+    """
+    torch = _torch()
+    dtype = str(current.dtype).removeprefix("torch.")
+    if (isinstance(mask, np.ndarray) and current.device.type == "cpu" and dtype in _NUMPY_FLOATS
+            and current.is_contiguous()):
+        return torch.from_numpy(mask.astype(dtype))
+    source = torch.from_numpy(mask) if isinstance(mask, np.ndarray) else to_torch(mask)
+    return torch.empty_like(current, requires_grad=False).copy_(source)
+
+
+_NUMPY_FLOATS = {"float32", "float64", "float16"}
 
 
 def _install_mask(sub: torch.nn.Module, name: str, mask: torch.Tensor) -> None:
