@@ -10,9 +10,9 @@ with at least 2 dims (conv, linear, embedding, attention weights) is pruned by
 * cold: the first call in a fresh process (a subprocess each), torch's
   ``prune.<method>`` calls against ``interop.prune_module``. Imports and model
   construction are not timed; everything else is: for jaxprune, creating the
-  PRNG key (random methods only, ``jax.random.wrap_key_data(np.array([0, 0],
-  np.uint32))``, which is ``jax.random.key(0)`` without compiling jax's
-  seeding kernel; the others pass None), jax's backend start,
+  PRNG key (random methods only: ``np.array([0, 0], np.uint32)``, the words of
+  ``jax.random.key(0)``, which give its masks without compiling jax's seeding
+  kernel or starting jax's backend; the others pass None), jax's backend start,
   any compilation. jax's persistent compilation cache is turned off
   (``JAXPRUNE_CACHE_DIR=""``): a fresh machine.
 * warm: the median over fresh copies of the model in one process, after one
@@ -81,15 +81,14 @@ def run(model):
 """
 
 _JAX_RUN = """
-import jax
 import numpy as np
 import jaxprune as jp
 from jaxprune import interop
 
 def run(model):
     rules = {{name: {spec} for name, _, _ in targets(model)}}
-    # jax.random.key(0), wrapped from its words: the same key without jax's seeding kernel (README)
-    key = jax.random.wrap_key_data(np.array([0, 0], np.uint32)) if {random} else None
+    # jax.random.key(0)'s two words as a NumPy key: the same masks, and nothing started in jax (README)
+    key = np.array([0, 0], np.uint32) if {random} else None
     interop.prune_module(key, model, rules)
 """
 

@@ -73,17 +73,23 @@ def test_leaf_keys_keep_their_type_and_bits():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2**31, 2**32 - 1])
-def test_wrapped_seed_is_jax_random_key_without_compiling(seed):
-    # The README's way to get jax.random.key(seed) on a fresh process without
-    # jax's seeding kernel: the same key, so the same masks.
+def test_seed_words_are_jax_random_key_without_compiling(seed):
+    # The README's ways to get jax.random.key(seed) on a fresh process without
+    # jax's seeding kernel: its words wrapped, or as a NumPy key. The same masks.
+    words = np.array([0, seed], np.uint32)
+    t = np.ones((6, 7), np.float32)
     with counting_traces() as traces:
-        key = jax.random.wrap_key_data(np.array([0, seed], np.uint32))
-        mask = jp.random_structured(key, np.ones((6, 7), np.float32), 0.5, dim=1)
+        key = jax.random.wrap_key_data(words)
+        masks = [jp.random_structured(k, t, 0.5, dim=1) for k in (key, words)]
+        masks.append(jp.prune_tree(words, {"a": t}, {"a": jp.RandomUnstructured(0.5)})["a"])
     assert traces == []
     ref = jax.random.key(seed)
     assert key.dtype == ref.dtype
     assert np.asarray(jax.random.key_data(key)).tolist() == np.asarray(jax.random.key_data(ref)).tolist()
-    np.testing.assert_array_equal(np.asarray(mask), np.asarray(jp.random_structured(ref, np.ones((6, 7)), 0.5, 1)))
+    want = [jp.random_structured(ref, t, 0.5, 1), jp.random_structured(ref, t, 0.5, 1),
+            jp.prune_tree(ref, {"a": t}, {"a": jp.RandomUnstructured(0.5)})["a"]]
+    for got, expected in zip(masks, want, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
 
 
 @pytest.mark.parametrize("host_max", [None, 0], ids=["numpy", "kernels"])
