@@ -95,7 +95,7 @@ class _Leaf(NamedTuple):
     dtype: np.dtype
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jax_dtype(dtype: torch.dtype) -> np.dtype:
     """The NumPy/JAX dtype of a torch dtype (``object`` for one JAX lacks, which
     the planner then refuses as not floating)."""

@@ -17,7 +17,8 @@ agree to float32 precision may rank the other way round than under ``jit``.
 
 The selection is ``np.partition`` (introselect, linear time) on the keys: on
 a 2-core machine it finds the cut of 16.8M magnitudes about 8x faster than
-torch's ``topk`` (benchmarks/bench_models.py).
+torch's ``topk`` (benchmarks/bench_models.py). A structured method's few
+slice scores are sorted outright (a stable sort: the same order).
 """
 
 from __future__ import annotations
