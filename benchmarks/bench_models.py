@@ -10,7 +10,9 @@ with at least 2 dims (conv, linear, embedding, attention weights) is pruned by
 * cold: the first call in a fresh process (a subprocess each), torch's
   ``prune.<method>`` calls against ``interop.prune_module``. Imports and model
   construction are not timed; everything else is: for jaxprune, creating the
-  PRNG key (random methods only; the others pass None), jax's backend start,
+  PRNG key (random methods only: ``np.array([0, 0], np.uint32)``, the words of
+  ``jax.random.key(0)``, which give its masks without compiling jax's seeding
+  kernel or starting jax's backend; the others pass None), jax's backend start,
   any compilation. jax's persistent compilation cache is turned off
   (``JAXPRUNE_CACHE_DIR=""``): a fresh machine.
 * warm: the median over fresh copies of the model in one process, after one
@@ -24,6 +26,7 @@ with at least 2 dims (conv, linear, embedding, attention weights) is pruned by
 Ratios are jaxprune / torch: below 1 is faster.
 
 Run: python benchmarks/bench_models.py [--models resnet18,gpt2] [--methods l1,ln] [--reps 5] [--no-cli]
+     [--runs 3 --warm-stat min]  (a shared machine: the fastest of several fresh processes)
 Prints a Markdown table (the README quotes it).
 """
 
@@ -78,13 +81,14 @@ def run(model):
 """
 
 _JAX_RUN = """
-import jax
+import numpy as np
 import jaxprune as jp
 from jaxprune import interop
 
 def run(model):
     rules = {{name: {spec} for name, _, _ in targets(model)}}
-    key = jax.random.key(0) if {random} else None
+    # jax.random.key(0)'s two words as a NumPy key: the same masks, and nothing started in jax (README)
+    key = np.array([0, 0], np.uint32) if {random} else None
     interop.prune_module(key, model, rules)
 """
 
@@ -120,13 +124,24 @@ def _env() -> dict[str, str]:
     return env
 
 
-def measure(model: str, method: str, reps: int) -> dict[str, float]:
-    """Cold (first call of a fresh process) and warm (median after one call) times for both sides."""
+def measure(model: str, method: str, reps: int, runs: int = 1, stat: str = "median") -> dict[str, float]:
+    """Cold (first call of a fresh process) and warm (after one call) times for
+    both sides. With ``runs`` > 1, each side runs in that many fresh processes,
+    alternating, and cold is the fastest first call; warm is the ``stat``
+    ("median" or "min") of all warm calls. On a shared machine, the minimum
+    is the time least inflated by other work."""
+    cold: dict[str, list[float]] = {"torch": [], "jaxprune": []}
+    warm: dict[str, list[float]] = {"torch": [], "jaxprune": []}
+    for _ in range(runs):
+        for side in ("torch", "jaxprune"):
+            times = json.loads(_python(_script(side, model, method, reps + 1), _env()))
+            cold[side].append(times[0])
+            warm[side].extend(times[1:])
+    pick = min if stat == "min" else statistics.median
     out: dict[str, float] = {}
     for side in ("torch", "jaxprune"):
-        times = json.loads(_python(_script(side, model, method, reps + 1), _env()))
-        out[f"{side}_cold"] = times[0]
-        out[f"{side}_warm"] = statistics.median(times[1:])
+        out[f"{side}_cold"] = min(cold[side])
+        out[f"{side}_warm"] = pick(warm[side])
     return out
 
 
@@ -198,15 +213,18 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--no-cli", action="store_true")
+    parser.add_argument("--runs", type=int, default=1, help="fresh processes per side (cold: the fastest)")
+    parser.add_argument("--warm-stat", choices=("median", "min"), default="median")
     args = parser.parse_args()
-    print(f"{datetime.date.today()}, {describe()}\n")
+    print(f"{datetime.date.today()}, {describe()}; warm: {args.warm_stat} of {args.runs} x {args.reps} calls, "
+          f"cold: fastest of {args.runs}\n")
     print("| model | method | cold torch | cold jaxprune | cold ratio | warm torch | warm jaxprune | warm ratio "
           "| CLI torch | CLI jaxprune | CLI ratio |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
             for method in args.methods.split(","):
-                r = measure(model, method, args.reps)
+                r = measure(model, method, args.reps, args.runs, args.warm_stat)
                 if not args.no_cli:
                     r.update(measure_cli(model, method, Path(tmp)))
                 cli = ("| | | " if args.no_cli else

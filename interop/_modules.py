@@ -19,8 +19,9 @@ removing a rule never changes another parameter's mask.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -79,13 +80,22 @@ def plan_module(module: torch.nn.Module, rules: Rules, *, factory_amount: Any = 
     check_module(module, "plan_module")
     params = prunable_parameters(module) if _params is None else _params
     tensors = {name: _current(sub, attr)[0] for name, (sub, attr) in params.items()}
-    named = [(name, jax.ShapeDtypeStruct(tuple(t.shape), _jax_dtype(t.dtype))) for name, t in tensors.items()]
+    named = [(name, _Leaf(tuple(t.shape), _jax_dtype(t.dtype))) for name, t in tensors.items()]
     if callable(rules) and not isinstance(rules, Mapping):
         torch_rules = rules
         return plan(named, lambda name, _: torch_rules(name, tensors[name]), factory_amount=factory_amount)
     return plan(named, rules, factory_amount=factory_amount)
 
 
+class _Leaf(NamedTuple):
+    """What the planner reads of a parameter: its shape and dtype (lighter
+    than a ``jax.ShapeDtypeStruct``, made for every parameter of the module)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+@functools.cache
 def _jax_dtype(dtype: torch.dtype) -> np.dtype:
     """The NumPy/JAX dtype of a torch dtype (``object`` for one JAX lacks, which
     the planner then refuses as not floating)."""
@@ -200,8 +210,7 @@ def prune_module(
             # The mask goes where the parameter is (jax may have computed it on
             # another device, e.g. its default GPU for a CPU module), in its
             # dtype and memory format, as torch's own masks.
-            source = torch.from_numpy(mask) if isinstance(mask, np.ndarray) else to_torch(mask)
-            mask_tensor = torch.empty_like(current, requires_grad=False).copy_(source)
+            mask_tensor = _mask_tensor(mask, current)
             # Saved before torch starts: its own rollback covers only some of its
             # steps and no BaseException, so the failing submodule needs ours too.
             touched.append((sub, attr, _save_state(sub, attr)))
@@ -215,6 +224,25 @@ def prune_module(
     else:
         return module
     raise failure  # outside the handler, so the original failure gets no torch error as its context
+
+
+def _mask_tensor(mask: jax.Array | np.ndarray, current: torch.Tensor) -> torch.Tensor:
+    """The mask as torch's: ``current``'s dtype, device and memory format.
+
+    A NumPy mask for a contiguous CPU tensor of a NumPy dtype is converted in
+    NumPy: torch's copy kernel wakes its thread pool for a tensor of some
+    size, which on a busy machine can cost milliseconds per tensor.
+    """
+    torch = _torch()
+    dtype = str(current.dtype).removeprefix("torch.")
+    if (isinstance(mask, np.ndarray) and current.device.type == "cpu" and dtype in _NUMPY_FLOATS
+            and current.is_contiguous()):
+        return torch.from_numpy(mask.astype(dtype))
+    source = torch.from_numpy(mask) if isinstance(mask, np.ndarray) else to_torch(mask)
+    return torch.empty_like(current, requires_grad=False).copy_(source)
+
+
+_NUMPY_FLOATS = {"float32", "float64", "float16"}
 
 
 def _install_mask(sub: torch.nn.Module, name: str, mask: torch.Tensor) -> None:

@@ -17,7 +17,8 @@ agree to float32 precision may rank the other way round than under ``jit``.
 
 The selection is ``np.partition`` (introselect, linear time) on the keys: on
 a 2-core machine it finds the cut of 16.8M magnitudes about 8x faster than
-torch's ``topk`` (benchmarks/bench_models.py).
+torch's ``topk`` (benchmarks/bench_models.py). A structured method's few
+slice scores are sorted outright (a stable sort: the same order).
 """
 
 from __future__ import annotations
@@ -128,6 +129,19 @@ def select_lowest(keys: Sequence[np.ndarray], candidates: Sequence[np.ndarray | 
     return out
 
 
+def lowest_slices(scores: np.ndarray, alive: np.ndarray | None, k: int) -> np.ndarray:
+    """Indices of the ``k`` entries of lowest score among ``alive`` (None = all)
+    of a 1-D array of slice scores (float norms or uint32 draws), in one
+    stable sort: :func:`select_lowest`'s order (ties by position; ``-0.0``
+    ties with ``+0.0`` and NaN ranks above ``+inf``, all NaN equal, as in
+    NumPy's float sort). A tensor has few slices, so sorting them costs less
+    than making sort keys and the threshold passes."""
+    if alive is None:
+        return np.argsort(scores, kind="stable")[:k]
+    candidates = np.flatnonzero(alive)
+    return candidates[np.argsort(scores[candidates], kind="stable")[:k]]
+
+
 # --------------------------------------------------------------------------
 # jax's uniform uint32 draws, in NumPy
 # --------------------------------------------------------------------------
@@ -152,7 +166,11 @@ def threefry_words(key: object) -> tuple[int, int] | None:
         impl = str(jax.random.key_impl(key))  # pyright: ignore[reportArgumentType]
         if "threefry2x32" not in impl:
             return None
-        data = jax.random.key_data(key)  # pyright: ignore[reportArgumentType]
+        # The key's own uint32 array when jax keeps one (a concrete key does):
+        # key_data's dispatch costs more than the rest of a small draw.
+        data = getattr(key, "_base_array", None)
+        if not isinstance(data, jax.Array):
+            data = jax.random.key_data(key)  # pyright: ignore[reportArgumentType]
         if isinstance(data, jax.core.Tracer):  # pyright: ignore[reportAttributeAccessIssue] - under a trace
             return None
         data = np.asarray(data)
@@ -197,7 +215,7 @@ def _bits_into(out: np.ndarray, key: tuple[int, int], starts: Sequence[int]) -> 
         np.bitwise_xor(x0, x1, out=out[start:start + counter.size])
 
 
-_SCALAR_MAX = 64
+_SCALAR_MAX = 10  # NumPy's rounds cost about as much as 10 draws in Python ints
 _MASK = 0xFFFFFFFF
 
 

@@ -306,13 +306,21 @@ def _host_entries(scores: np.ndarray, amount: CheckedAmount, mask: np.ndarray | 
     return ~selected if mask is None else mask & ~selected
 
 
+_SORT_SLICES_MAX = 1 << 16  # slices sorted outright; beyond, the linear-time selection (same order)
+
+
 def _host_slices(
     scores: np.ndarray, amount: CheckedAmount, shape: tuple[int, ...], dim: int, mask: np.ndarray | None
 ) -> np.ndarray:
     """:func:`prune_slices` in NumPy: ``scores`` has one entry per slice."""
     others = tuple(d for d in range(len(shape)) if d != dim)
     alive = None if mask is None else np.asarray(mask.any(axis=others))
-    keep_slices = _host_entries(scores, amount, alive, _host.sort_keys(scores))
+    if scores.size <= _SORT_SLICES_MAX and scores.dtype.kind in "iuf":  # (NumPy sorts its own dtypes NaN last)
+        k = prune_count(amount, scores.size if alive is None else int(np.count_nonzero(alive)))
+        keep_slices = np.ones(scores.shape, bool) if alive is None else alive.copy()
+        keep_slices[_host.lowest_slices(scores, alive, int(k))] = False  # type: ignore[arg-type] - concrete: an int
+    else:
+        keep_slices = _host_entries(scores, amount, alive, _host.sort_keys(scores))
     view = [1] * len(shape)
     view[dim] = shape[dim]
     keep = np.broadcast_to(keep_slices.reshape(view), shape)

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import hashlib
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from . import _host
 from ._errors import KeyRequiredError
 from ._methods import check_key as check_key  # shared with the bridge and the CLI
-from ._specs import Group, PruningMethod
+from ._specs import Group, PruningMethod, RandomStructured, RandomUnstructured
 from ._trees import leaf_key as leaf_key
 from ._trees import leaves_like as leaves_like  # shared tree helpers, here for the consumers
 from ._trees import named_leaves as named_leaves
@@ -41,17 +44,31 @@ def match_patterns(
 
     >>> match_patterns(["a.kernel", "a.bias", "b.kernel"], {"a.*": 1, "*.kernel": 2})
     [(0, 'a.*', 1), (1, 'a.*', 1), (2, '*.kernel', 2)]
+    >>> match_patterns(["a.b", "a.c", "x.c", "a.d"], {"a.c": 3, "*.c": 1, "a.b": 2, "a.*": 4})
+    [(0, 'a.b', 2), (1, 'a.c', 3), (2, '*.c', 1), (3, 'a.*', 4)]
     """
     for pattern in rules:
         if not isinstance(pattern, str):
             raise TypeError(f"rule patterns must be strings, got {pattern!r}")
     chosen, won, matched = [], set(), set()
-    # A pattern without wildcards matches its own text only: a string compare,
-    # not a regex (a rule per parameter, as the torch bridge writes, is common).
-    literal = {p: not any(c in p for c in "*?[") for p in rules}
+    # A pattern without wildcards matches its own text only: a dict lookup,
+    # not a regex per name (a rule per parameter, as the torch bridge writes,
+    # is common: comparing every name with every rule grows as their product).
+    # (Patterns may be str subclasses that compare by more than their text:
+    # literals are looked up by text, and several may share one.)
+    order = {p: i for i, p in enumerate(rules)}
+    literals: dict[str, list[Any]] = {}
+    wildcards = []
+    for p in rules:
+        if any(c in p for c in "*?["):
+            wildcards.append(p)
+        else:
+            literals.setdefault(str(p), []).append(p)
     for index, name in enumerate(names):
-        hits = [p for p in rules if (str(p) == name if literal[p] else fnmatch.fnmatchcase(name, p))
-                and (eligible is None or eligible(index, p))]
+        found = [p for p in wildcards if fnmatch.fnmatchcase(name, p)]
+        if name in literals:
+            found = sorted([*literals[name], *found], key=order.__getitem__)
+        hits = [p for p in found if eligible is None or eligible(index, p)]
         matched.update(hits)
         if hits:
             won.add(hits[0])
@@ -253,12 +270,13 @@ def compute_masks(
     scores = scores if scores is not None else [None] * len(leaves)
     extra = extra or {}
     masks: list[Any] = [None] * len(leaves)
+    words = _plain_words(key)
     for a in p.singles:
         method = _with_amount(a.method, amount, [default_masks[a.index]])
         target: Any = leaves[a.index] if scores[a.index] is None else scores[a.index]
         # Only a method that draws (is_random) gets a key: deriving one per leaf
         # costs more than a small deterministic mask.
-        rng = None if key is None or not method.is_random else leaf_key(key, a.key_name)
+        rng = None if key is None or not method.is_random else _leaf_rng(key, words, a, method, target)
         kwargs = {name: _extra_for(extra, name, a) for name in method.extra_args}
         masks[a.index] = method.compute_mask(rng, target, default_masks[a.index], **kwargs)
     for members in p.groups:
@@ -272,6 +290,28 @@ def compute_masks(
         for a, mask in zip(members, out):
             masks[a.index] = mask
     return masks
+
+
+def _plain_words(key: Any) -> tuple[int, int] | None:
+    """The words of ``key`` when a plain ``uint32[2]`` array of them is the
+    same key to jax (a threefry key while jax's default PRNG is threefry),
+    else None."""
+    if key is None or "threefry" not in str(jax.config.jax_default_prng_impl):  # pyright: ignore
+        return None
+    return _host.threefry_key(key)
+
+
+def _leaf_rng(key: Any, words: tuple[int, int] | None, a: Assignment, method: PruningMethod, target: Any) -> Any:
+    """``leaf_key(key, a.key_name)``; for jaxprune's own random methods on a
+    NumPy array, as the plain ``uint32[2]`` array of its words: the same draws
+    (see :func:`_plain_words`) without a typed key made per leaf, which is a
+    jax dispatch each (the method reads the words back in NumPy)."""
+    if words is None or type(method) not in (RandomStructured, RandomUnstructured) or not isinstance(target,
+                                                                                                    np.ndarray):
+        return leaf_key(key, a.key_name)
+    # leaf_key's hash of the name (jaxprune._trees.leaf_key; tests check the two agree)
+    data = int.from_bytes(hashlib.blake2b(a.key_name.encode("utf-8"), digest_size=4).digest(), "little")
+    return np.array(_host.fold_in(words, data), np.uint32)
 
 
 def _with_amount(method: PruningMethod, amount: AmountFn | None, masks: Sequence[Any]) -> PruningMethod:

@@ -42,7 +42,7 @@ KEYS = [jax.random.key(0), jax.random.key(2**31 - 1), jax.random.PRNGKey(12345),
 
 
 @pytest.mark.parametrize("key", KEYS, ids=["key0", "key-big", "legacy", "key7"])
-@pytest.mark.parametrize("n", [0, 1, 5, 65535, 65536, 65537, 200_001])
+@pytest.mark.parametrize("n", [0, 1, 5, 10, 11, 64, 65535, 65536, 65537, 200_001])
 def test_random_bits_are_jaxs(key, n):
     words = _host.threefry_key(key)
     assert words is not None
@@ -70,6 +70,49 @@ def test_leaf_keys_keep_their_type_and_bits():
                                                              "little"))
             ref = folded if folded.dtype == jnp.uint32 else jax.random.key_data(folded)
             np.testing.assert_array_equal(np.asarray(data), np.asarray(ref))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2**31, 2**32 - 1])
+def test_seed_words_are_jax_random_key_without_compiling(seed):
+    # The README's ways to get jax.random.key(seed) on a fresh process without
+    # jax's seeding kernel: its words wrapped, or as a NumPy key. The same masks.
+    words = np.array([0, seed], np.uint32)
+    t = np.ones((6, 7), np.float32)
+    with counting_traces() as traces:
+        key = jax.random.wrap_key_data(words)
+        masks = [jp.random_structured(k, t, 0.5, dim=1) for k in (key, words)]
+        masks.append(jp.prune_tree(words, {"a": t}, {"a": jp.RandomUnstructured(0.5)})["a"])
+    assert traces == []
+    ref = jax.random.key(seed)
+    assert key.dtype == ref.dtype
+    assert np.asarray(jax.random.key_data(key)).tolist() == np.asarray(jax.random.key_data(ref)).tolist()
+    want = [jp.random_structured(ref, t, 0.5, 1), jp.random_structured(ref, t, 0.5, 1),
+            jp.prune_tree(ref, {"a": t}, {"a": jp.RandomUnstructured(0.5)})["a"]]
+    for got, expected in zip(masks, want, strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
+@pytest.mark.parametrize("host_max", [None, 0], ids=["numpy", "kernels"])
+def test_tree_random_masks_draw_from_leaf_key(host_max):
+    # The planner hands its own random methods a NumPy leaf's key as plain
+    # words: the masks must stay those of leaf_key's typed key, on both paths.
+    tree = {"a": np.ones((40, 3), np.float32), "b": {"c": np.ones((5, 7), np.float16)}, "d": np.ones(30, np.float32)}
+    rules = {"a": jp.RandomStructured(0.4, 0), "b.c": jp.RandomUnstructured(0.5), "d": jp.RandomUnstructured(7)}
+    key = jax.random.key(21)
+    with forced(host_max=host_max) if host_max is not None else forced():
+        got = jp.prune_tree(key, tree, rules)
+    want = {"a": jp.random_structured(leaf_key(key, "a"), tree["a"], 0.4, 0),
+            "b": {"c": jp.random_unstructured(leaf_key(key, "b.c"), tree["b"]["c"], 0.5)},
+            "d": jp.random_unstructured(leaf_key(key, "d"), tree["d"], 7)}
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+def test_threefry_words_read_under_a_trace_give_none():
+    seen = []
+    jax.jit(lambda k: seen.append(_host.threefry_words(k)) or k)(jax.random.key(3))
+    assert seen == [None]
+    assert _host.threefry_words(jax.random.key(3)) == (0, 3)
 
 
 def test_keys_numpy_cannot_reproduce_take_the_compiled_path():
@@ -131,6 +174,28 @@ def test_structured_methods_match_the_kernels(dtype, shape, dim):
             assert_same_masks(lambda: jp.ln_structured(t, amount, n, dim, default_mask=dm))
         scores = _values((shape[dim],), dtype, 7)
         assert_same_masks(lambda: jp.structured_mask(scores, shape, amount, dim, default_mask=dm))
+
+
+def test_slices_sorted_or_selected_give_one_mask(monkeypatch):
+    # Few slices are sorted outright, many go through the keys' selection: one order.
+    from jaxprune import _methods
+
+    scores = _values((300,), np.float32, 16)  # NaN, +-inf, +-0.0, ties
+    t = _values((300, 3), np.float32, 17)
+    dm = np.random.default_rng(18).random((300, 3)) > 0.2
+    dm[:40] = False  # slices pruned before
+
+    def masks():
+        return [np.asarray(m) for amount in (1, 0.3, 0.97) for m in (
+            jp.structured_mask(scores, (300, 3), amount, 0, default_mask=dm),
+            jp.structured_mask(_values((300,), np.int32, 20), (300, 3), amount, 0),
+            jp.ln_structured(t, amount, 1, 0, default_mask=dm),
+            jp.random_structured(jax.random.key(19), t, amount, 0, default_mask=dm))]
+
+    sorted_masks = masks()
+    monkeypatch.setattr(_methods, "_SORT_SLICES_MAX", 0)
+    for got, want in zip(masks(), sorted_masks, strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_dyadic_norms_match_the_kernels():

@@ -366,6 +366,11 @@ def test_random_methods_reproducible_and_keyed_by_parameter_name():
     c = cnn()
     interop.prune_module(jax.random.key(12), c, RANDOM_RULES)
     assert not all(np.array_equal(masks_of(c)[n], ma[n]) for n in ma)
+    # The key's words as a NumPy key (the README's way to start nothing in jax): the same masks.
+    d = cnn()
+    interop.prune_module(np.array([0, 11], np.uint32), d, RANDOM_RULES)
+    for name in ma:
+        np.testing.assert_array_equal(masks_of(d)[name], ma[name])
 
 
 def test_random_masks_do_not_depend_on_the_weights():
