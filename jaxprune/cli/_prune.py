@@ -173,7 +173,8 @@ def compute_masks(weights: Weights, chosen: Mapping[str, Rule], request: Request
         # x64 so float64 tensors rank exactly; keys in [0, 2**32) are the same with and without it.
         with jax.enable_x64(True):
             # jax.random.key(seed)'s own words, wrapped: the same key without compiling jax's seeding kernel.
-            key = None if request.seed is None else jax.random.wrap_key_data(np.array([0, request.seed], np.uint32))
+            words: Any = np.array([0, request.seed or 0], np.uint32)  # wrap_key_data takes NumPy too
+            key = None if request.seed is None else jax.random.wrap_key_data(words)
             for i, name in enumerate(singles):
                 progress.show(i, name)
                 out[name] = _prune_one(key, weights, name, chosen[name])
