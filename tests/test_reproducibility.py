@@ -169,7 +169,9 @@ LAYOUTS = [
 
 
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices: tests/test_multidevice.py runs it in a session of 8")
-@pytest.mark.parametrize(("mesh_shape", "spec"), LAYOUTS, ids=lambda x: str(x).replace(" ", ""))
+# Three of the layouts (rows, 2-D, 2-D transposed): tests/multidevice/test_sharded_masks.py
+# checks every layout's masks equal one device's.
+@pytest.mark.parametrize(("mesh_shape", "spec"), LAYOUTS[::2], ids=lambda x: str(x).replace(" ", ""))
 def test_golden_digest_under_sharding(mesh_shape, spec):
     mesh = Mesh(np.array(jax.devices()[:8]).reshape(mesh_shape), ("a", "b"))
 
