@@ -274,10 +274,6 @@ def _inner_jaxpr(eqn: Any) -> Any:
     return None
 
 
-def _axes_of(r: _Reader, vid: int | None, rank: int) -> Axes:
-    return r.axes[vid] if vid is not None else tuple(() for _ in range(rank))
-
-
 def _call(r: _Reader, eqn: Any, ins: list[int | None], shapes: list[tuple[int, ...]]) -> list[int]:
     inner = _inner_jaxpr(eqn)
     jaxpr = getattr(inner, "jaxpr", inner)
@@ -422,10 +418,6 @@ def _squeeze(r: _Reader, eqn: Any, ins: list[int | None], shapes: list[tuple[int
         return [r.value(shapes[0])]
     dims = {int(d) % len(r.shapes[vid]) for d in eqn.params["dimensions"]}
     return [r.value(shapes[0], tuple(f for d, f in enumerate(r.axes[vid]) if d not in dims))]
-
-
-def _expand_dims(r: _Reader, eqn: Any, ins: list[int | None], shapes: list[tuple[int, ...]]) -> list[int]:
-    return _reshape(r, eqn, ins, shapes)
 
 
 def _rev(r: _Reader, eqn: Any, ins: list[int | None], shapes: list[tuple[int, ...]]) -> list[int]:
@@ -734,7 +726,7 @@ _RULES: dict[str, Callable[[_Reader, Any, list[int | None], list[tuple[int, ...]
     "reshape": _reshape,
     "transpose": _transpose,
     "squeeze": _squeeze,
-    "expand_dims": _expand_dims,
+    "expand_dims": _reshape,
     "rev": _rev,
     "dot_general": _dot_general,
     "conv_general_dilated": _conv,

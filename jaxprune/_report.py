@@ -185,29 +185,26 @@ def _is_nnx_module(x: Any) -> bool:
 
 def _removable(group: Any, values: dict[str, np.ndarray], masks: dict[str, np.ndarray | None]) -> np.ndarray:
     """Keep vector of ``group``: False for channels pruned at every position of every member present."""
+    from ._shrink import channel_alive
+
     keep = np.zeros(group.size, bool)
     for m in group.members:
-        if m.path not in values:
-            continue
-        mask = masks.get(m.path)
-        alive = np.asarray(mask if mask is not None else values[m.path] != 0, bool)
-        per_position = np.any(np.moveaxis(alive, m.axis, 0).reshape(m.length, -1), axis=1)
-        keep |= per_position[m.positions].any(axis=1)
+        if m.path in values:
+            mask = masks.get(m.path)
+            keep |= channel_alive(m, mask if mask is not None else values[m.path] != 0)
     return keep
 
 
 def _saved(values: dict[str, np.ndarray], groups: Sequence[Any], keep: Sequence[np.ndarray]) -> int:
     """Values removed from the tree when the channels ``keep`` drops are removed (positions combined per axis)."""
-    removed: dict[str, dict[int, set[int]]] = {}
-    for g, k in zip(groups, keep):
-        for m in g.members:
-            if m.path in values:
-                removed.setdefault(m.path, {}).setdefault(m.axis, set()).update(m.positions[~k].ravel().tolist())
+    from ._shrink import _axis_keeps
+
     saved = 0
-    for path, by_axis in removed.items():
-        shape = list(values[path].shape)
-        kept = [n - len(by_axis.get(d, ())) for d, n in enumerate(shape)]
-        saved += int(np.prod(shape, dtype=np.int64)) - int(np.prod(kept, dtype=np.int64))
+    for path, by_axis in _axis_keeps(tuple(groups), keep, np).items():
+        if path in values:
+            shape = values[path].shape
+            kept = [int(np.count_nonzero(by_axis[d])) if d in by_axis else n for d, n in enumerate(shape)]
+            saved += int(np.prod(shape, dtype=np.int64)) - int(np.prod(kept, dtype=np.int64))
     return saved
 
 

@@ -323,6 +323,18 @@ def _leaf_mask(shape: tuple[int, ...], by_axis: Mapping[int, Array]) -> Array:
     return mask
 
 
+def channel_alive(member: Member, alive: Any, xp: Any = np) -> Any:
+    """Per channel of ``member``'s group: whether any entry at its positions along the member's
+    axis is alive (``alive``: a bool array of the leaf's shape; ``xp``: ``np``, or ``jnp`` under a trace).
+
+    How the kept channels are read back from masks or weights (``jp.pruning`` masks whole channels).
+    """
+    by_position = xp.reshape(xp.moveaxis(xp.asarray(alive, bool), member.axis, 0), (member.length, -1))
+    per_position = xp.any(by_position, axis=1)
+    positions = member.positions if xp is np else member.positions.astype(np.int32)  # an axis length fits int32
+    return xp.any(per_position[positions], axis=1)
+
+
 # --------------------------------------------------------------------------
 # shrink
 # --------------------------------------------------------------------------

@@ -297,7 +297,7 @@ def _is_groups(rules: Any) -> bool:
 
 
 def _channel_pruning(optax: Any, inner: Any, spec: ChannelPruning, schedule: Schedule, key: PRNGKey | None) -> Any:
-    from ._shrink import _axis_keeps, _keep_lowest_entries, _leaf_mask, _scores
+    from ._shrink import _axis_keeps, _check_member, _keep_lowest_entries, _leaf_mask, _scores, channel_alive
 
     if spec.method == "random" and key is None:
         raise KeyRequiredError("ChannelPruning(method='random') draws scores: pass key= to jp.pruning")
@@ -305,14 +305,12 @@ def _channel_pruning(optax: Any, inner: Any, spec: ChannelPruning, schedule: Sch
     def present(params: PyTree) -> tuple[list[tuple[str, Any]], tuple[ChannelGroup, ...]]:
         """The groups restricted to the members in this tree (an optimizer sees params only)."""
         named = named_leaves(params)
-        shapes = {path: jnp.shape(leaf) for path, leaf in named}
+        leaves = dict(named)
         groups = []
-        for g in spec.groups:
-            members = tuple(m for m in g.members if m.path in shapes)
+        for i, g in enumerate(spec.groups):
+            members = tuple(m for m in g.members if m.path in leaves)
             for m in members:
-                if m.axis >= len(shapes[m.path]) or shapes[m.path][m.axis] != m.length:
-                    raise ValueError(f"{m.path}: shape {shapes[m.path]} does not match its channel group "
-                                     f"(axis {m.axis} of length {m.length}): the groups come from another model")
+                _check_member(i, g, m, leaves)  # a group of another model: a clear error
             groups.append(dataclasses.replace(g, members=members))
         if not any(g.members for g in groups):
             raise ValueError("none of the channel groups' members is in the parameters given to the optimizer")
@@ -324,13 +322,6 @@ def _channel_pruning(optax: Any, inner: Any, spec: ChannelPruning, schedule: Sch
         shapes = dict((path, jnp.shape(leaf)) for path, leaf in named)
         leaves = [_leaf_mask(shapes[path], axes[path]) if path in axes else None for path, _ in named]
         return jax.tree.unflatten(jax.tree.structure(params), leaves)
-
-    def channel_keep(group: ChannelGroup, masks: dict[str, Array]) -> Array:
-        """A channel is kept while any of its positions in its first member is."""
-        m = group.members[0]
-        mask = masks[m.path]
-        per_position = jnp.any(jnp.moveaxis(mask, m.axis, 0).reshape(m.length, -1), axis=1)
-        return jnp.any(per_position[m.positions.astype(jnp.int32)], axis=1)
 
     def init(params: PyTree) -> PruningState:
         _, groups = present(params)
@@ -355,7 +346,7 @@ def _channel_pruning(optax: Any, inner: Any, spec: ChannelPruning, schedule: Sch
                 if not g.members:
                     keep.append(jnp.ones(g.size, bool))
                     continue
-                old = channel_keep(g, by_path)
+                old = channel_alive(g.members[0], by_path[g.members[0].path], jnp)  # whole channels masked
                 total = count_to_prune(target, jnp.asarray(g.size, jnp.int32))
                 k = jnp.maximum(total - (g.size - jnp.sum(old, dtype=jnp.int32)), 0)
                 scores = _scores(g, leaves, spec.method, step_key)

@@ -514,13 +514,10 @@ def kept_channels(groups: Sequence[jp.ChannelGroup], masks: Any) -> tuple[np.nda
     >>> [k.tolist() for k in kept_channels(groups, masks)]
     [[True, False, True]]
     """
+    from jaxprune._shrink import channel_alive
+
     by_path = {jp.path_str(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(masks)}
-    keep = []
-    for group in groups:
-        member = group.members[0]
-        mask = np.moveaxis(np.asarray(by_path[member.path]), member.axis, 0).reshape(member.length, -1)
-        keep.append(np.asarray(mask.any(axis=1))[member.positions].any(axis=1))
-    return tuple(keep)
+    return tuple(channel_alive(g.members[0], np.asarray(by_path[g.members[0].path])) for g in groups)
 
 
 def train_channel_pruned(seed: int, steps: int, data: Digits) -> tuple[nnx.GraphDef, Params, jp.ChannelGroups,
