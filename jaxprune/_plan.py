@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import hashlib
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ from ._specs import Group, PruningMethod, RandomStructured, RandomUnstructured
 from ._trees import leaf_key as leaf_key
 from ._trees import leaves_like as leaves_like  # shared tree helpers, here for the consumers
 from ._trees import named_leaves as named_leaves
+from ._trees import path_hash
 from ._typing import PyTree
 
 
@@ -309,9 +309,7 @@ def _leaf_rng(key: Any, words: tuple[int, int] | None, a: Assignment, method: Pr
     if words is None or type(method) not in (RandomStructured, RandomUnstructured) or not isinstance(target,
                                                                                                     np.ndarray):
         return leaf_key(key, a.key_name)
-    # leaf_key's hash of the name (jaxprune._trees.leaf_key; tests check the two agree)
-    data = int.from_bytes(hashlib.blake2b(a.key_name.encode("utf-8"), digest_size=4).digest(), "little")
-    return np.array(_host.fold_in(words, data), np.uint32)
+    return np.array(_host.fold_in(words, path_hash(a.key_name)), np.uint32)
 
 
 def _with_amount(method: PruningMethod, amount: AmountFn | None, masks: Sequence[Any]) -> PruningMethod:

@@ -66,6 +66,11 @@ def path_str(path: Sequence[Any]) -> str:
     return ".".join(parts)
 
 
+def path_hash(path: str) -> int:
+    """The 32-bit hash of a leaf path that :func:`leaf_key` folds into the key (stable across runs)."""
+    return int.from_bytes(hashlib.blake2b(path.encode("utf-8"), digest_size=4).digest(), "little")
+
+
 def leaf_key(key: PRNGKey, path: str) -> PRNGKey:
     """The key for the leaf at ``path``: ``key`` folded with a stable hash of the path.
 
@@ -77,8 +82,7 @@ def leaf_key(key: PRNGKey, path: str) -> PRNGKey:
     if not isinstance(path, str):
         raise TypeError(f"path must be a str (a leaf path such as 'a.kernel'), got {type(path).__name__}: {path!r}")
     key = _methods.check_key(key)
-    digest = hashlib.blake2b(path.encode("utf-8"), digest_size=4).digest()
-    data = int.from_bytes(digest, "little")
+    data = path_hash(path)
     words = _host.threefry_words(key)
     if words is None:
         return jax.random.fold_in(key, data)
