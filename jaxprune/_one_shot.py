@@ -36,7 +36,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import tree_util
+from jax import lax, tree_util
 from jax.extend.core import Literal
 
 from ._calibration import InputStats, SparseGPT, Wanda, input_stats, relative_error
@@ -82,6 +82,24 @@ class _Site:
     in_axes: tuple[int, ...]  # the parameter axes they contract with
     out_axes: tuple[int, ...]  # the parameter's other axes (increasing)
     stage: int = 0
+    conv: dict[str, Any] | None = None  # a convolution's geometry: its inputs are image patches
+
+
+def _site_rows(x: Array, site: _Site) -> Array:
+    """A site's inputs as ``(rows, in_features)``, rows matching ``_as_matrix``'s kernel rows.
+
+    For a matmul, the contracted axes last in pairing order; for a convolution,
+    the image patches (im2col) that each output position multiplies with the
+    kernel, features ordered (input channel, window position).
+    """
+    if site.conv is None:
+        return _rows(x, site.act_axes)
+    c = site.conv
+    dn = c["dimension_numbers"]
+    patches = lax.conv_general_dilated_patches(
+        x, c["window"], c["window_strides"], c["padding"], c["lhs_dilation"], c["rhs_dilation"], dn)
+    patches = jnp.moveaxis(patches, dn.out_spec[1], -1)
+    return patches.reshape(-1, patches.shape[-1])
 
 
 @dataclasses.dataclass
@@ -136,9 +154,14 @@ class _Reader:
             if site is not None:
                 return [None], [max(top, site.stage + 1)]
             return [None] * n_out, [top] * n_out
+        if name == "conv_general_dilated" and origins[1] is not None:
+            site = self._conv(eqn, origins, levels, here)
+            if site is not None:
+                return [None], [max(top, site.stage + 1)]
+            return [None], [top]
         for o in origins:
             if o is not None:
-                what = {"conv_general_dilated": "a convolution (Wanda and SparseGPT prune matmul weights)",
+                what = {"conv_general_dilated": "a convolution as its input",
                         "scan": "lax.scan (stacked layers: unstack or unroll them)",
                         "while": "a while loop", "cond": "lax.cond"}.get(name, f"`{name}`")
                 self.uses[o.leaf].append(f"used by {what}")
@@ -164,6 +187,30 @@ class _Reader:
         in_axes = tuple(o.perm[a] for a in contract[w])
         out_axes = tuple(a for a in range(len(o.perm)) if a not in in_axes)
         site = _Site(o.leaf, here, act, tuple(contract[act]), in_axes, out_axes, levels[act])
+        self.uses[o.leaf].append(site)
+        self.sites.append(site)
+        return site
+
+
+    def _conv(self, eqn: Any, origins: list[_Origin | None], levels: list[int], here: tuple[int, ...]
+              ) -> _Site | None:
+        o = origins[1]
+        assert o is not None
+        p = eqn.params
+        if origins[0] is not None:
+            self.uses[origins[0].leaf].append("convolved with another pruned parameter")
+            self.uses[o.leaf].append("convolved with another pruned parameter")
+            return None
+        if p["feature_group_count"] != 1 or p["batch_group_count"] != 1:
+            groups = max(p["feature_group_count"], p["batch_group_count"])
+            self.uses[o.leaf].append(f"a grouped convolution ({groups} groups): its patches are not one matmul")
+            return None
+        dn = p["dimension_numbers"]
+        out_axis, in_axis, *spatial = (o.perm[a] for a in dn.rhs_spec)
+        shape = eqn.invars[1].aval.shape
+        conv = {"dimension_numbers": dn, "window": tuple(shape[a] for a in dn.rhs_spec[2:]),
+                **{k: p[k] for k in ("window_strides", "padding", "lhs_dilation", "rhs_dilation")}}
+        site = _Site(o.leaf, here, 0, (), (in_axis, *spatial), (out_axis,), levels[0], conv)
         self.uses[o.leaf].append(site)
         self.sites.append(site)
         return site
@@ -258,7 +305,7 @@ class _Traced:
                     _evaluate(closed.jaxpr, closed.consts, [*leaves, *batch], (), want, inside, found, ids)
                 except _Done:
                     pass
-                return [input_stats(_rows(found[i], self.sites[i].act_axes).astype(jnp.float32), st)
+                return [input_stats(_site_rows(found[i], self.sites[i]).astype(jnp.float32), st)
                         for i, st in zip(stage, stats)]
 
             self.steps[key] = jax.jit(step, donate_argnums=2)
@@ -378,10 +425,12 @@ def one_shot(
     everything has succeeded).
 
     Each parameter a rule names with :class:`Wanda` or :class:`SparseGPT` must be
-    the weight of exactly one matmul (``dot_general``) of the model; its
-    calibration inputs are that matmul's other operand, found in the jaxpr
-    (any contracted axes: a ``Dense`` kernel, a ``LinearGeneral`` or an einsum
-    weight). Any other method (``jp.L1Unstructured(0.5)``: the magnitude
+    the weight of exactly one matmul (``dot_general``) or convolution of the
+    model; its calibration inputs are that matmul's other operand, found in the
+    jaxpr (any contracted axes: a ``Dense`` kernel, a ``LinearGeneral`` or an
+    einsum weight), or the convolution's image patches (the kernel is then the
+    matrix ``(in_channels * window, out_channels)``; grouped convolutions are
+    refused). Any other method (``jp.L1Unstructured(0.5)``: the magnitude
     baseline) prunes its parameter from its values alone; on a matmul weight it
     is still given a stage and a reconstruction error.
 

@@ -144,6 +144,34 @@ def test_kernels_with_several_contracted_axes_are_pruned_as_matrices():
     np.testing.assert_array_equal(result.masks["wo"], mo)
 
 
+def conv_net(p, x):
+    h = jax.nn.relu(conv(p, x))
+    return h.reshape(h.shape[0], -1) @ p["fc"]
+
+
+def _patches(x: np.ndarray) -> np.ndarray:
+    """3x3 SAME im2col by hand: one row per output position, features (channel, kh, kw)."""
+    n, hgt, wid, c = x.shape
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    rows = [xp[b, i:i + 3, j:j + 3, :].transpose(2, 0, 1).ravel() for b in range(n) for i in range(hgt)
+            for j in range(wid)]
+    return np.stack(rows)
+
+
+def test_conv_kernels_are_calibrated_on_their_image_patches():
+    params = {"k": _normal(60, (3, 3, 3, 4)), "fc": _normal(61, (5 * 5 * 4, 2))}
+    batches = [_normal(62 + i, (2, 5, 5, 3)) for i in range(2)]
+    result = jp.one_shot(conv_net, params, batches, {"k": jp.Wanda(0.5), "fc": jp.SparseGPT(0.5, block_size=20)})
+    x = np.asarray(_all(batches), np.float64)
+    patches = _patches(x)
+    kmat = np.asarray(params["k"]).transpose(2, 0, 1, 3).reshape(27, 4)  # rows (channel, kh, kw)
+    np.testing.assert_allclose(patches @ kmat, np.asarray(conv(params, _all(batches))).reshape(-1, 4),
+                               rtol=1e-4, atol=1e-4)  # the hand im2col is the convolution's
+    expected = np.asarray(jp.wanda_mask(kmat.astype(np.float32), patches.astype(np.float32), 0.5))
+    np.testing.assert_array_equal(result.masks["k"], expected.reshape(3, 3, 3, 4).transpose(1, 2, 0, 3))
+    assert [(r.path, r.stage) for r in result.layers] == [("k", 0), ("fc", 1)]
+
+
 class TinyLM(nnx.Module):
     def __init__(self, rngs: nnx.Rngs):
         self.embed = nnx.Embed(11, 8, rngs=rngs)
@@ -221,6 +249,11 @@ def conv(p, x):
     return jax.lax.conv_general_dilated(x, p["k"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def depthwise(p, x):
+    return jax.lax.conv_general_dilated(x, p["k"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        feature_group_count=4)
+
+
 def stacked(p, x):
     return jax.lax.scan(lambda h, w: (jnp.tanh(h @ w), None), x, p["layers"])[0]
 
@@ -233,7 +266,7 @@ def stacked(p, x):
          r"'b' .*is not used by the model"),
         (lambda p, x: x @ p["w"] + p["b"][None], {"w": jnp.ones((4, 4)), "b": jnp.ones(4)}, {"b": jp.SparseGPT(0.5)},
          r"'b' .*is not a matmul weight: it is used by `broadcast_in_dim`"),
-        (conv, {"k": jnp.ones((3, 3, 4, 4))}, {"k": jp.Wanda(0.5)}, r"used by a convolution"),
+        (depthwise, {"k": jnp.ones((3, 3, 1, 4))}, {"k": jp.Wanda(0.5)}, r"a grouped convolution \(4 groups\)"),
         (stacked, {"layers": jnp.ones((2, 4, 4))}, {"layers": jp.Wanda(0.5)}, r"lax.scan .*unroll"),
         (mlp, {"w1": jnp.ones((4, 4)), "w2": jnp.ones((4, 4))}, {"nothing*": jp.Wanda(0.5)}, r"matches no parameter"),
         (mlp, {"w1": jnp.ones((4, 4)), "w2": jnp.ones((4, 4))}, {"w*": jp.GlobalUnstructured(0.5)},
@@ -246,7 +279,7 @@ def stacked(p, x):
     ],
 )
 def test_bad_models_and_rules_raise_naming_the_parameter(fn, params, rules, match):
-    batch = jnp.ones((1, 5, 5, 4)) if fn is conv else jnp.ones((3, 4))
+    batch = jnp.ones((1, 5, 5, 4)) if fn is depthwise else jnp.ones((3, 4))
     with pytest.raises((ValueError, TypeError), match=match):
         jp.one_shot(fn, params, [batch], rules)
 
