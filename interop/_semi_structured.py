@@ -124,10 +124,11 @@ def to_semi_structured(weight: Any, mask: Any) -> SemiStructured | torch.Tensor:
     _check_dtype_and_shape(w, backend)
     m = m.to(w.device)
     if _name(w.dtype) == "float32":
-        _check_pattern(m, 1, 2, "1:2 (float32 in CUTLASS's format: one kept of every 2 consecutive entries; "
-                       "cast the weight to float16 or bfloat16 for 2:4)")
+        _check_pattern(m, 1, 2, "float32 is 1:2 in CUTLASS's format (the tensor cores read it as two 16-bit "
+                       "halves): cast the weight to float16 or bfloat16 for 2:4, or make the mask 1:2")
     else:
-        _check_pattern(m, 2, 4, "2:4")
+        _check_pattern(m, 2, 4, "torch's packer would drop the extra entries silently: make the mask 2:4 along "
+                       "the weight's input axis first")
     # Pruned entries and kept zeros become +0.0: the pattern is read from the
     # nonzeros (as torch's packer does), and no -0.0 reaches a kernel.
     dense = torch.where(m & (w != 0), w, torch.zeros((), dtype=w.dtype, device=w.device)).contiguous()
@@ -212,7 +213,7 @@ def _check_dtype_and_shape(w: torch.Tensor, backend: str) -> None:
                          f"{min_cols} (pad with zeros: zero rows and columns are valid 2:4)")
 
 
-def _check_pattern(mask: torch.Tensor, n: int, m: int, what: str) -> None:
+def _check_pattern(mask: torch.Tensor, n: int, m: int, fix: str) -> None:
     rows, cols = mask.shape
     groups = mask.reshape(rows, cols // m, m)
     bad = groups.sum(-1) > n
@@ -222,10 +223,9 @@ def _check_pattern(mask: torch.Tensor, n: int, m: int, what: str) -> None:
     first = int(bad.reshape(-1).to(_torch().uint8).argmax())  # the first True (argmax returns the first maximum)
     row, group = divmod(first, cols // m)
     bits = groups[row, group].int().tolist()
-    raise ValueError(f"to_semi_structured: the mask is not {what} along the last axis: row {row}, columns "
+    raise ValueError(f"to_semi_structured: the mask is not {n}:{m} along the last axis: row {row}, columns "
                      f"{group * m}..{group * m + m - 1} keep {bits} ({sum(bits)} kept, at most {n} allowed; "
-                     f"{count} bad groups in all). torch's packer would drop the extra entries silently: make the "
-                     f"mask {n}:{m} along the weight's input axis first")
+                     f"{count} bad groups in all). {fix}")
 
 
 def _check_codes(codes: np.ndarray, valid: np.ndarray, what: str) -> None:
