@@ -163,6 +163,9 @@ def from_semi_structured(sparse: SemiStructured | tuple[Any, Any]) -> torch.Tens
     if not isinstance(sparse, tuple) or len(sparse) != 2:
         raise TypeError(f"from_semi_structured: expected a SemiStructured or a (packed, meta) pair, "
                         f"got {type(sparse).__name__}")
+    if not all(isinstance(t, torch.Tensor) for t in sparse):
+        raise TypeError(f"from_semi_structured: packed and meta must be torch tensors, "
+                        f"got {', '.join(type(t).__name__ for t in sparse)}")
     packed, meta = (t.detach().cpu() for t in sparse)
     codes = _unpack_meta(packed, meta)
     bits = packed.contiguous().view(_torch_bits(packed.dtype)).numpy()

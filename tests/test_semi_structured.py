@@ -1,5 +1,7 @@
 """interop.to_semi_structured / from_semi_structured: torch's 2:4 format, byte for byte, validated first."""
 
+import types
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -263,6 +265,20 @@ def test_from_semi_structured_refuses_what_is_not_cutlass_layout():
         interop.from_semi_structured((ours.packed, bad))
     with pytest.raises(TypeError, match=r"expected a SemiStructured or a \(packed, meta\) pair, got Tensor"):
         interop.from_semi_structured(ours.packed)
+    with pytest.raises(TypeError, match=r"packed and meta must be torch tensors, got ndarray, Tensor"):
+        interop.from_semi_structured((ours.packed.numpy(), ours.meta))
+    # torch's cuSPARSELt tensors keep no CUTLASS metadata (meta is None).
+    with pytest.raises(ValueError, match=r"no CUTLASS metadata \(cuSPARSELt stores an opaque format\): use its "
+                                         r"\.to_dense\(\)"):
+        interop.from_semi_structured(types.SimpleNamespace(packed=ours.packed, meta=None))
+
+
+def test_from_semi_structured_refuses_float32_codes_that_are_not_one_of_two():
+    ours = interop.to_semi_structured(torch.ones(32, 32), torch.tensor([True, False]).repeat(32, 16))
+    bad = ours.meta.clone()
+    bad[3, 1] = 0b0100_0100_0100_1000  # one code 0b1000: a 2:4 code, not one of float32's two
+    with pytest.raises(ValueError, match=r"has code 0b1000, expected a 1:2 code \(0b0100 or 0b1110\)"):
+        interop.from_semi_structured((ours.packed, bad))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
