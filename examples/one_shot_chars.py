@@ -404,7 +404,7 @@ def first_layer_stats(graphdef: nnx.GraphDef, params: Params, calib: np.ndarray)
 
 
 def check_reports(dense: Params, run: Run, stats: jp.InputStats) -> None:
-    """Assert a calibrated run reports every pruned kernel, at the run's sparsity, and that the first layer's
+    """Assert the run reports every pruned kernel, at 50% sparsity, and that the first layer's
     reported reconstruction error is the one recomputed from its inputs captured by hand."""
     paths = [p for p in named(dense) if is_pruned(p)]
     reports = {r.path: r for r in run.layers}
