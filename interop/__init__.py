@@ -19,6 +19,7 @@ from ._modules import prunable_parameters as prunable_parameters
 from ._modules import prune_module as prune_module
 from ._modules import pruned_state_dict as pruned_state_dict
 from ._modules import read_pruned as read_pruned
+from ._one_shot import one_shot as one_shot
 from ._tensors import to_jax as to_jax
 from ._tensors import to_torch as to_torch
 
@@ -31,6 +32,7 @@ __all__ = (
     "flax_to_torch",
     "masks_to_flax",
     "masks_to_torch",
+    "one_shot",
     "placements",
     "prunable_parameters",
     "prune_module",
