@@ -368,8 +368,8 @@ def _reads(t: _Target, x: Any) -> bool:
     if not isinstance(x, _torch().Tensor) or x.ndim == 0 or x.shape[-1] != t.dense.shape[t.in_axis]:
         return False
     if t.called:
-        raise ValueError(f"one_shot: layer {t.name!r} is called more than once in one forward pass; its inputs "
-                         "would mix calibration stages (shared layers are not supported)")
+        raise ValueError(f"one_shot: {t.name!r}: its layer ({type(t.sub).__name__}) is called more than once in one "
+                         "forward pass; its inputs would mix calibration stages (shared layers are not supported)")
     t.called = True
     return True
 
@@ -410,13 +410,12 @@ def _discover(module: torch.nn.Module, batch: Any, targets: Sequence[_Target], s
     seen: list[tuple[weakref.ref, tuple[Any, ...] | None]] = []
 
     def stage_of(x: Any) -> int:
-        # The same tensor: the same object, or a live one with the same memory and
-        # layout (a view made twice). Only live tensors are compared (weak
+        # The same tensor: a live one with the same memory, layout and version (the
+        # same object, or a view made twice). Only live tensors are compared (weak
         # references): a freed one's memory may hold a new tensor at its address.
         signature = _signature(x)
         for stage, (ref, sig) in enumerate(seen):
-            other = ref()
-            if other is x or (other is not None and signature is not None and sig == signature):
+            if ref() is not None and signature is not None and sig == signature:
                 return stage
         seen.append((weakref.ref(x), signature))
         return len(seen) - 1
@@ -435,9 +434,12 @@ def _discover(module: torch.nn.Module, batch: Any, targets: Sequence[_Target], s
 
 
 def _signature(x: Any) -> tuple[Any, ...] | None:
+    """Memory, layout and version of a tensor (the version counter changes with
+    every in-place change: a tensor changed between two layers is not their
+    common input)."""
     if x.numel() == 0:
         return None
-    return (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x.device)
+    return (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x.device, x._version)
 
 
 # --------------------------------------------------------------------------
@@ -461,7 +463,7 @@ def _calibrate(module: torch.nn.Module, batches: Sequence[Any], targets: Sequenc
         _discover(module, batches[0], matmuls, sequential)
     for t in matmuls:
         if t.calibrated and not t.called:
-            raise ValueError(f"one_shot: layer {t.name!r} ({type(t.sub).__name__}) was not called during the "
+            raise ValueError(f"one_shot: {t.name!r}: its layer ({type(t.sub).__name__}) was not called during the "
                              f"forward pass on batch 0, so its inputs cannot be captured for {t.spec!r} (a weight "
                              "used directly, as nn.MultiheadAttention's out_proj, is not seen by forward hooks)")
     called = [t for t in matmuls if t.called]
@@ -484,16 +486,20 @@ def _prune(t: _Target, report: Callable[[LayerReport], None], undo: _Undo) -> La
     that follow read them), and report."""
     kernel = to_jax(t.dense)  # a view: the dense tensor is never written
     if t.calibrated:
+        if t.stats is None:
+            raise ValueError(f"one_shot: {t.name!r}: its layer read no input in the passes of stage {t.stage} (the "
+                             "module's control flow changed after the first batch?)")
         try:
             new, mask = t.spec.prune(kernel, t.stats, in_axis=t.in_axis)
         except (ValueError, TypeError) as err:
-            raise type(err)(f"one_shot: layer {t.name!r} ({t.spec!r}): {err}") from err
+            raise type(err)(f"one_shot: {t.name!r} ({t.spec!r}): {err}") from err
     else:
         mask = jnp.asarray(t.mask)
         new = jnp.where(mask, kernel, jnp.zeros((), kernel.dtype))
     t.mask, t.new = mask, new
     error = math.nan if t.stats is None else float(jp.relative_error(kernel, new, t.stats, in_axis=t.in_axis))
-    undo.set_data(t.param, _like(t.dense, new))
+    t.stats = None  # an (in, in) Hessian per layer adds up: kept no longer than needed
+    undo.set_data(t.param, _view_like(t.dense, new))
     kept = int(np.count_nonzero(np.asarray(mask)))
     layer = LayerReport(t.name, t.spec, t.stage, 1.0 - kept / mask.size if mask.size else 0.0, error)
     report(layer)
@@ -507,7 +513,7 @@ def _finish(targets: Sequence[_Target], write: str, undo: _Undo) -> dict[str, to
     for t in targets:
         masks[t.name] = _like(t.dense, t.mask, dtype=_torch().bool)
         if write == "weights":
-            undo.set_data(t.param, _like(t.dense, t.new))
+            undo.set_data(t.param, _like(t.dense, t.new))  # a copy: the result shares no memory with JAX
         elif _updates_kept(t.spec):
             undo.set_data(t.param, _like(t.dense, jnp.where(t.mask, t.new, to_jax(t.dense))))
         else:
@@ -522,6 +528,16 @@ def _updates_kept(spec: Any) -> bool:
     """Whether the spec changes the entries it keeps (SparseGPT's update); a
     mask-only spec leaves ``weight_orig`` the dense tensor itself."""
     return _is_calibrated(spec) and spec.needs_hessian
+
+
+def _view_like(dense: torch.Tensor, values: jax.Array) -> torch.Tensor:
+    """``values`` as torch data for ``dense``'s parameter during the passes: a
+    zero-copy view (only the forward passes read it) where dtype, device and
+    layout allow, else a copy."""
+    view = to_torch(values)
+    if (view.dtype, view.device, view.shape) == (dense.dtype, dense.device, dense.shape) and dense.is_contiguous():
+        return view
+    return _like(dense, values)
 
 
 def _like(dense: torch.Tensor, values: Any, dtype: Any = None) -> torch.Tensor:

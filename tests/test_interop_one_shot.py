@@ -245,6 +245,34 @@ def test_layers_reading_one_tensor_form_one_stage_and_passes_stop_after_the_stag
     assert net.tail_calls == 1
 
 
+class InPlace(nn.Module):
+    """The second layer reads the first one's input after an in-place change that
+    depends on the first one's output: the same tensor object, but a later stage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = nn.Linear(16, 16), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        h = self.fc1(x)
+        x.add_(h)
+        return self.fc2(x)
+
+
+def test_a_tensor_changed_in_place_between_two_layers_starts_a_new_stage():
+    net, data = InPlace(), batches(2)
+    reference = copy.deepcopy(net)
+    result = interop.one_shot(net, data, {"*.weight": jp.Wanda(0.5)})
+    assert [layer.stage for layer in result.layers] == [0, 1]
+    with torch.no_grad():
+        reference.fc1.weight.mul_(result.masks["fc1.weight"])
+    expected = jp.wanda_mask(jax_of(reference.fc2.weight), stats_of(captured(reference, reference.fc2, data)), 0.5,
+                             in_axis=1)
+    np.testing.assert_array_equal(np_of(result.masks["fc2.weight"]), np.asarray(expected))
+
+
 def test_stage_zero_reads_the_dense_model_and_later_stages_the_pruned_one():
     torch.manual_seed(0)
     net, data = Attention(), batches(2, rows=6)
@@ -487,9 +515,9 @@ BAD = [
     ("progress", mlp, batches(), {"0.weight": jp.Wanda(0.5)}, {"progress": "yes"}, TypeError,
      "progress must be None, a bool or a callable"),
     ("unused", Unused, batches(), {"*.weight": jp.Wanda(0.5)}, {}, ValueError,
-     r"layer 'spare.weight' \(Linear\) was not called during the forward pass on batch 0"),
+     r"'spare.weight': its layer \(Linear\) was not called during the forward pass on batch 0"),
     ("twice", Twice, batches(), {"fc.weight": jp.Wanda(0.5)}, {}, ValueError,
-     "layer 'fc.weight' is called more than once in one forward pass"),
+     r"'fc.weight': its layer \(Linear\) is called more than once in one forward pass"),
     ("key", mlp, batches(), {"0.weight": jp.RandomUnstructured(0.5)}, {}, jp.KeyRequiredError,
      r"is random .* pass a PRNG key"),
 ]
