@@ -14,6 +14,13 @@ Array([[False, False,  True,  True],
 from importlib import metadata as _metadata
 
 from ._cache import enable as _enable_cache
+from ._calibration import InputStats as InputStats
+from ._calibration import SparseGPT as SparseGPT
+from ._calibration import Wanda as Wanda
+from ._calibration import input_stats as input_stats
+from ._calibration import relative_error as relative_error
+from ._calibration import sparsegpt as sparsegpt
+from ._calibration import wanda_mask as wanda_mask
 from ._errors import KeyRequiredError as KeyRequiredError
 from ._errors import NormOrderError as NormOrderError
 from ._errors import PruningShapeError as PruningShapeError
@@ -85,6 +92,7 @@ __all__ = (
     "DroppedGroup",
     "GlobalUnstructured",
     "Identity",
+    "InputStats",
     "KeyRequiredError",
     "L1Unstructured",
     "Member",
@@ -96,11 +104,13 @@ __all__ = (
     "PruningState",
     "RandomStructured",
     "RandomUnstructured",
+    "SparseGPT",
     "Schedule",
     "SparsityReport",
     "StructuredMethod",
     "TaylorUnstructured",
     "UnstructuredMethod",
+    "Wanda",
     "apply_masks",
     "channel_groups",
     "compute_mask",
@@ -109,6 +119,7 @@ __all__ = (
     "group_keep",
     "group_masks",
     "identity",
+    "input_stats",
     "l1_unstructured",
     "leaf_key",
     "ln_structured",
@@ -121,12 +132,15 @@ __all__ = (
     "pruning",
     "random_structured",
     "random_unstructured",
+    "relative_error",
     "save_tree",
     "shrink",
     "shrink_model",
     "shrunk_sizes",
     "slice_norms",
+    "sparsegpt",
     "sparsity_report",
     "structured_mask",
     "unstructured_mask",
+    "wanda_mask",
 )
