@@ -128,8 +128,8 @@ def test_wanda_masks_equal_wanda_mask_on_the_captured_inputs():
 def test_sparsegpt_weights_and_masks_equal_sparsegpt_on_the_captured_inputs():
     net, data = mlp(), batches()
     dense = net[0].weight.detach().clone()
-    result = interop.one_shot(net, data, {"0.weight": jp.SparseGPT(0.5, block_size=8)})
-    new, mask = jp.sparsegpt(jax_of(dense), stats_of(data), 0.5, in_axis=1, block_size=8)
+    result = interop.one_shot(net, data, {"0.weight": jp.SparseGPT(0.5)})
+    new, mask = jp.sparsegpt(jax_of(dense), stats_of(data), 0.5, in_axis=1)
     np.testing.assert_array_equal(np_of(result.masks["0.weight"]), np.asarray(mask))
     # torch's reparametrization: weight = weight_orig * weight_mask = SparseGPT's new weights.
     np.testing.assert_allclose(np_of(net[0].weight), np.asarray(new), rtol=1e-6, atol=1e-7)
@@ -141,7 +141,7 @@ def test_sparsegpt_weights_and_masks_equal_sparsegpt_on_the_captured_inputs():
     assert not np.allclose(orig[keep], dense.numpy()[keep])  # SparseGPT did update the kept weights
     np.testing.assert_array_equal(np_of(net[0].weight_mask), keep.astype(np.float32))
     [layer] = result.layers
-    assert (layer.path, layer.method, layer.stage) == ("0.weight", jp.SparseGPT(0.5, block_size=8), 0)
+    assert (layer.path, layer.method, layer.stage) == ("0.weight", jp.SparseGPT(0.5), 0)
     assert layer.sparsity == 0.5
     expected_error = jp.relative_error(jax_of(dense), new, stats_of(data), in_axis=1)
     assert layer.error == pytest.approx(float(expected_error), rel=1e-6)
@@ -367,7 +367,9 @@ def test_gpt2_conv1d_layers_in_their_stages():
     reference = copy.deepcopy(net)
     g = torch.Generator().manual_seed(0)
     data = [torch.randint(0, 1000, (2, 12), generator=g) for _ in range(2)]
-    rules = {"*.attn.c_attn.weight": jp.SparseGPT(0.5), "*.mlp.c_fc.weight": jp.Wanda(0.5)}
+    # One SparseGPT layer (in_axis 0: its own compilation), Wanda elsewhere.
+    rules = {"transformer.h.0.attn.c_attn.weight": jp.SparseGPT(0.5), "*.attn.c_attn.weight": jp.Wanda(0.5),
+             "*.mlp.c_fc.weight": jp.Wanda(0.5)}
     result = interop.one_shot(net, data, rules)
     assert [(layer.path, layer.stage) for layer in result.layers] == [
         ("transformer.h.0.attn.c_attn.weight", 0), ("transformer.h.0.mlp.c_fc.weight", 1),
@@ -389,13 +391,13 @@ def test_gpt2_conv1d_layers_in_their_stages():
 
 
 def test_an_error_after_a_stage_was_pruned_leaves_the_module_as_it_was():
-    net, data = mlp(widths=(16, 32, 8, 4)), batches()
+    net, data = mlp(), batches()
     before = snapshot(net)
     heard = []
 
     def fail_on_second(layer: Any) -> None:
         heard.append(layer)
-        if len(heard) == 2:
+        if len(heard) == 3:  # 0.bias, then 0.weight (its pruned values in place for stage 1), then 2.weight
             raise RuntimeError("stop here")
 
     with pytest.raises(RuntimeError, match="stop here"):
@@ -425,21 +427,32 @@ def test_a_batch_rejected_in_a_later_stage_leaves_the_module_as_it_was():
 
 
 def test_a_failure_while_installing_masks_leaves_the_module_as_it_was(monkeypatch):
-    net, data = mlp(widths=(16, 32, 8, 4)), batches()
+    net, data = mlp(), batches()
     before = snapshot(net)
     installs = []
     real = _one_shot._install_mask
 
     def flaky(sub: nn.Module, name: str, mask: torch.Tensor) -> None:
         installs.append(name)
-        if len(installs) == 3:
+        if len(installs) == 2:
             raise MemoryError("no room")
         real(sub, name, mask)
 
     monkeypatch.setattr(_one_shot, "_install_mask", flaky)
     with pytest.raises(MemoryError, match="no room"):
         interop.one_shot(net, data, {"*.weight": jp.SparseGPT(0.5)})
-    assert len(installs) == 3
+    assert len(installs) == 2
+    assert_unchanged(net, before)
+
+
+def test_a_hessian_not_positive_definite_in_a_later_stage_leaves_the_module_as_it_was():
+    net = mlp()
+    before = snapshot(net)
+    # 3 rows for 32 input features: a singular Hessian, and no damping.
+    with pytest.raises(ValueError, match=r"'2.weight' \(SparseGPT.*\): the Hessian of the inputs is not positive "
+                                         r"definite after damping with damp=0.0: raise damp"):
+        interop.one_shot(net, batches(1, rows=3),
+                         {"0.weight": jp.SparseGPT(0.5), "2.weight": jp.SparseGPT(0.5, damp=0.0)})
     assert_unchanged(net, before)
 
 
