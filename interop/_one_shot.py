@@ -152,6 +152,8 @@ def one_shot(
     check_module(module, "one_shot")
     if write not in WRITES:
         raise ValueError(f"one_shot: write must be one of {WRITES}, got {write!r}")
+    if not isinstance(sequential, bool):
+        raise TypeError(f"one_shot: sequential must be True or False, got {sequential!r}")
     report = _reporter(progress)
     targets = _targets(module, rules, key)
     batch_list = _batch_list(batches)
@@ -497,7 +499,9 @@ def _prune(t: _Target, report: Callable[[LayerReport], None], undo: _Undo) -> La
         mask = jnp.asarray(t.mask)
         new = jnp.where(mask, kernel, jnp.zeros((), kernel.dtype))
     t.mask, t.new = mask, new
-    error = math.nan if t.stats is None else float(jp.relative_error(kernel, new, t.stats, in_axis=t.in_axis))
+    error = math.nan
+    if t.stats is not None and t.in_axis is not None:
+        error = float(jp.relative_error(kernel, new, t.stats, in_axis=t.in_axis))
     t.stats = None  # an (in, in) Hessian per layer adds up: kept no longer than needed
     undo.set_data(t.param, _view_like(t.dense, new))
     kept = int(np.count_nonzero(np.asarray(mask)))

@@ -525,6 +525,8 @@ BAD = [
     ("nan", mlp, [torch.full((4, 16), math.nan)], {"0.weight": jp.Wanda(0.5)}, {}, ValueError, "NaN"),
     ("write", mlp, batches(), {"0.weight": jp.Wanda(0.5)}, {"write": "inplace"}, ValueError,
      r"write must be one of \('reparametrize', 'weights'\), got 'inplace'"),
+    ("sequential", mlp, batches(), {"0.weight": jp.Wanda(0.5)}, {"sequential": "no"}, TypeError,
+     "sequential must be True or False, got 'no'"),
     ("progress", mlp, batches(), {"0.weight": jp.Wanda(0.5)}, {"progress": "yes"}, TypeError,
      "progress must be None, a bool or a callable"),
     ("unused", Unused, batches(), {"*.weight": jp.Wanda(0.5)}, {}, ValueError,
