@@ -18,5 +18,5 @@ import tempfile
 os.environ["JAXPRUNE_CACHE_DIR"] = _CACHE_DIR = tempfile.mkdtemp(prefix="jaxprune-test-cache-")
 atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
 
-for _name in ("", "._layouts", "._modules", "._tensors"):
+for _name in ("", "._layouts", "._modules", "._semi_structured", "._tensors"):
     sys.modules["interop" + _name] = importlib.import_module("jaxprune.interop" + _name)

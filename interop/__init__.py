@@ -20,16 +20,21 @@ from ._modules import prune_module as prune_module
 from ._modules import pruned_state_dict as pruned_state_dict
 from ._modules import read_pruned as read_pruned
 from ._one_shot import one_shot as one_shot
+from ._semi_structured import SemiStructured as SemiStructured
+from ._semi_structured import from_semi_structured as from_semi_structured
+from ._semi_structured import to_semi_structured as to_semi_structured
 from ._tensors import to_jax as to_jax
 from ._tensors import to_torch as to_torch
 
 __all__ = (
     "Placement",
+    "SemiStructured",
     "TorchLayout",
     "compute_module_masks",
     "flax_dim",
     "flax_rules",
     "flax_to_torch",
+    "from_semi_structured",
     "masks_to_flax",
     "masks_to_torch",
     "one_shot",
@@ -40,6 +45,7 @@ __all__ = (
     "read_pruned",
     "register_layout",
     "to_jax",
+    "to_semi_structured",
     "to_torch",
     "torch_to_flax",
 )

@@ -40,6 +40,9 @@ from ._methods import random_unstructured as random_unstructured
 from ._methods import slice_norms as slice_norms
 from ._methods import structured_mask as structured_mask
 from ._methods import unstructured_mask as unstructured_mask
+from ._one_shot import one_shot as one_shot
+from ._one_shot_types import LayerReport as LayerReport
+from ._one_shot_types import OneShotResult as OneShotResult
 from ._report import SparsityReport as SparsityReport
 from ._report import sparsity_report as sparsity_report
 from ._rules import prune_tree as prune_tree
@@ -95,9 +98,11 @@ __all__ = (
     "InputStats",
     "KeyRequiredError",
     "L1Unstructured",
+    "LayerReport",
     "Member",
     "LnStructured",
     "NormOrderError",
+    "OneShotResult",
     "PolynomialSchedule",
     "PruningMethod",
     "PruningShapeError",
@@ -124,6 +129,7 @@ __all__ = (
     "leaf_key",
     "ln_structured",
     "load_tree",
+    "one_shot",
     "one_shot_schedule",
     "path_str",
     "polynomial_schedule",
