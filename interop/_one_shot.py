@@ -376,22 +376,29 @@ def _reads(t: _Target, x: Any) -> bool:
     return True
 
 
-def _accumulate(t: _Target, x: Any) -> None:
-    """Add one input of ``t``'s layer to its statistics."""
+def _accumulate(t: _Target, x: Any, index: int) -> None:
+    """Add one input of ``t``'s layer, from batch ``index``, to its statistics."""
     # A zero-copy view of the activation, finished before the hook returns:
     # torch may free or change the tensor afterwards.
-    t.stats = jax.block_until_ready(jp.input_stats(to_jax(x), t.stats, hessian=True))
+    try:
+        t.stats = jax.block_until_ready(jp.input_stats(to_jax(x), t.stats, hessian=True))
+    except ValueError as err:  # NaN in the inputs
+        raise ValueError(f"one_shot: the inputs of {t.name!r} on batch {index}: {err}") from err
+    if not bool(jnp.all(jnp.isfinite(t.stats.sum_sq))):
+        raise ValueError(f"one_shot: the inputs of {t.name!r} on batch {index} are not finite (inf): check the "
+                         "batches (or the module's earlier layers)")
 
 
 def _run(module: torch.nn.Module, batches: Sequence[Any], start: int, targets: Sequence[_Target]) -> None:
     """Pass ``batches[start:]`` through the module, accumulating the targets' inputs;
     each forward stops once every target has read its input."""
     waiting: set[int] = set()
+    index = start
 
     def on_input(t: _Target, x: Any) -> None:
         if not _reads(t, x):
             return
-        _accumulate(t, x)
+        _accumulate(t, x, index)
         waiting.discard(id(t))
         if not waiting:
             raise _Stop
@@ -427,7 +434,7 @@ def _discover(module: torch.nn.Module, batch: Any, targets: Sequence[_Target], s
             return
         t.stage = stage_of(x) if sequential else 0
         if t.stage == 0:
-            _accumulate(t, x)
+            _accumulate(t, x, 0)
 
     for t in targets:
         t.called = False
@@ -456,6 +463,8 @@ def _calibrate(module: torch.nn.Module, batches: Sequence[Any], targets: Sequenc
     layers: list[LayerReport] = []
     others = [t for t in targets if t.in_axis is None]
     matmuls = [t for t in targets if t.in_axis is not None]
+    for t in others:
+        t.stage = -1  # no inputs, no pass (as jp.one_shot reports them)
     if sequential:
         # Parameters whose place in the data flow is unknown are pruned before
         # any pass: every layer calibrates on them pruned.
@@ -469,18 +478,20 @@ def _calibrate(module: torch.nn.Module, batches: Sequence[Any], targets: Sequenc
                              f"forward pass on batch 0, so its inputs cannot be captured for {t.spec!r} (a weight "
                              "used directly, as nn.MultiheadAttention's out_proj, is not seen by forward hooks)")
     called = [t for t in matmuls if t.called]
-    unseen = [t for t in matmuls if not t.called]  # magnitude rules only: no inputs, no error
+    for t in matmuls:
+        if not t.called:  # magnitude rules only: no inputs, no error figure, and no pass reads it
+            t.stage = -1
+            layers.append(_prune(t, report, undo))
     for stage in sorted({t.stage for t in called}):
         members = [t for t in called if t.stage == stage]
         _run(module, batches, 1 if stage == 0 else 0, members)
         for t in members:
             layers.append(_prune(t, report, undo))
-    for t in unseen:
-        layers.append(_prune(t, report, undo))
     if not sequential:
         for t in others:
             layers.append(_prune(t, report, undo))
-    return layers
+    order = {t.name: i for i, t in enumerate(targets)}
+    return sorted(layers, key=lambda layer: (layer.stage, order[layer.path]))
 
 
 def _prune(t: _Target, report: Callable[[LayerReport], None], undo: _Undo) -> LayerReport:

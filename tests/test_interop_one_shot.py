@@ -305,8 +305,9 @@ def test_magnitude_rules_prune_any_parameter_with_errors_where_inputs_exist():
     expected = jp.relative_error(w, jnp.where(jax_of(twin[0].weight_mask) > 0, w, 0), stats_of(data), in_axis=1)
     assert layers["0.weight"].error == pytest.approx(float(expected), rel=1e-6)
     assert layers["0.bias"].sparsity == 0.25 and layers["0.weight"].sparsity == 0.5
-    # Parameters without a place in the data flow are pruned before any pass (sequential).
-    assert [layer.path for layer in result.layers] == ["0.bias", "2.bias", "0.weight"]
+    # Parameters without a place in the data flow are pruned before any pass (sequential),
+    # reported as stage -1 (as jp.one_shot does).
+    assert [(layer.path, layer.stage) for layer in result.layers] == [("0.bias", -1), ("2.bias", -1), ("0.weight", 0)]
 
 
 class TwoInputs(nn.Module):
@@ -522,7 +523,10 @@ BAD = [
      r"the module rejected batch 1 \(a float32 tensor of shape \(4, 15\)\): RuntimeError"),
     ("rejected0", mlp, [torch.randn(4, 15)], {"2.weight": jp.Wanda(0.5)}, {}, ValueError,
      r"the module rejected batch 0"),
-    ("nan", mlp, [torch.full((4, 16), math.nan)], {"0.weight": jp.Wanda(0.5)}, {}, ValueError, "NaN"),
+    ("nan", mlp, batches(2) + [torch.full((4, 16), math.nan)], {"0.weight": jp.Wanda(0.5)}, {}, ValueError,
+     r"the inputs of '0.weight' on batch 2: .*NaN"),
+    ("inf", mlp, [torch.full((4, 16), math.inf)], {"0.weight": jp.Wanda(0.5)}, {}, ValueError,
+     r"the inputs of '0.weight' on batch 0 are not finite"),
     ("write", mlp, batches(), {"0.weight": jp.Wanda(0.5)}, {"write": "inplace"}, ValueError,
      r"write must be one of \('reparametrize', 'weights'\), got 'inplace'"),
     ("sequential", mlp, batches(), {"0.weight": jp.Wanda(0.5)}, {"sequential": "no"}, TypeError,
@@ -557,6 +561,7 @@ def test_not_a_module_is_refused():
 def test_unused_layer_with_a_magnitude_rule_is_pruned_without_an_error_figure():
     net = Unused()
     result = interop.one_shot(net, batches(), {"*.weight": jp.L1Unstructured(0.5)})
+    assert [(layer.path, layer.stage) for layer in result.layers] == [("spare.weight", -1), ("used.weight", 0)]
     layers = {layer.path: layer for layer in result.layers}
     assert math.isnan(layers["spare.weight"].error) and not math.isnan(layers["used.weight"].error)
     assert int(net.spare.weight_mask.sum()) == 64
