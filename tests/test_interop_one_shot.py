@@ -12,6 +12,7 @@ import logging
 import math
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -360,30 +361,117 @@ def test_training_flags_are_put_back_and_dropout_is_off_during_calibration():
 # --------------------------------------------------------------------------
 
 
-def test_gpt2_conv1d_layers_in_their_stages():
+def flax_name(name: str) -> str:
+    """The Flax path of a Linear / Conv1D weight or bias (``torch_to_flax``'s layout)."""
+    return name.removesuffix(".weight") + ".kernel" if name.endswith(".weight") else name
+
+
+def flax_leaf(tree: dict, name: str) -> Any:
+    for part in flax_name(name).split("."):
+        tree = tree[part]
+    return tree
+
+
+def assert_same_as_flax(torch_net: nn.Module, torch_result: Any, flax_result: Any, names: list[str]) -> None:
+    """Masks equal and weights close (the ports compute the activations in another
+    order: last-bit differences), the same stages, the same order of reports."""
+    new_params, flax_masks = flax_result
+    ported = interop.torch_to_flax(torch_net)["params"]  # what the pruned torch module computes with
+    carried = interop.masks_to_flax(torch_result.masks, torch_net)
+    for name in names:
+        np.testing.assert_array_equal(np.asarray(flax_leaf(carried, name)), np.asarray(flax_leaf(flax_masks, name)),
+                                      err_msg=name)
+        np.testing.assert_allclose(np.asarray(flax_leaf(ported, name)), np.asarray(flax_leaf(new_params, name)),
+                                   rtol=2e-4, atol=2e-5, err_msg=name)
+    assert [(flax_name(r.path), r.method, r.stage) for r in torch_result.layers] == \
+        [(r.path, r.method, r.stage) for r in flax_result.layers]
+    for ours, theirs in zip(torch_result.layers, flax_result.layers):
+        assert ours.sparsity == pytest.approx(theirs.sparsity, abs=1e-6)
+        assert ours.error == pytest.approx(theirs.error, rel=1e-3, abs=1e-6) or math.isnan(ours.error)
+
+
+@pytest.mark.parametrize("sequential", [True, False], ids=["sequential", "parallel"])
+def test_an_mlp_gives_what_jp_one_shot_gives_on_its_flax_port(sequential):
+    net, data = mlp(), batches()
+    params = interop.torch_to_flax(net)["params"]
+
+    def port(p: dict, x: jnp.ndarray) -> jnp.ndarray:
+        h = jnp.maximum(x @ p["0"]["kernel"] + p["0"]["bias"][None], 0)
+        return h @ p["2"]["kernel"] + p["2"]["bias"][None]
+
+    rules = {"0.weight": jp.SparseGPT(0.5), "2.weight": jp.Wanda(0.5), "0.bias": jp.L1Unstructured(0.5)}
+    ours = interop.one_shot(net, data, rules, sequential=sequential)
+    theirs = jp.one_shot(port, params, [jax_of(x) for x in data], {flax_name(k): v for k, v in rules.items()},
+                         sequential=sequential)
+    assert_same_as_flax(net, ours, theirs, list(rules))
+
+
+def gpt2_port(config: Any) -> Any:
+    """transformers' GPT-2 forward in JAX over ``torch_to_flax``'s parameters."""
+    heads, eps = config.n_head, config.layer_norm_epsilon
+
+    def norm(x: jnp.ndarray, p: dict) -> jnp.ndarray:
+        mean = x.mean(-1, keepdims=True)
+        var = ((x - mean) ** 2).mean(-1, keepdims=True)
+        return (x - mean) / jnp.sqrt(var + eps) * p["scale"][None, None] + p["bias"][None, None]
+
+    def dense(x: jnp.ndarray, p: dict) -> jnp.ndarray:
+        return x @ p["kernel"] + p["bias"][None, None]
+
+    def split(x: jnp.ndarray) -> jnp.ndarray:  # (b, t, e) -> (b, heads, t, e / heads)
+        return x.reshape(*x.shape[:2], heads, -1).transpose(0, 2, 1, 3)
+
+    def forward(p: dict, ids: jnp.ndarray) -> jnp.ndarray:
+        t = p["transformer"]
+        length = ids.shape[1]
+        h = t["wte"]["embedding"][ids] + t["wpe"]["embedding"][jnp.arange(length)][None]
+        causal = jnp.tril(jnp.ones((length, length), bool))
+        for i in range(config.n_layer):
+            block = t["h"][str(i)]
+            q, k, v = (split(z) for z in jnp.split(dense(norm(h, block["ln_1"]), block["attn"]["c_attn"]), 3, -1))
+            scores = q @ k.transpose(0, 1, 3, 2) / jnp.sqrt(jnp.float32(q.shape[-1]))
+            weights = jax.nn.softmax(jnp.where(causal[None, None], scores, jnp.finfo(jnp.float32).min), -1)
+            attended = (weights @ v).transpose(0, 2, 1, 3).reshape(h.shape)
+            h = h + dense(attended, block["attn"]["c_proj"])
+            m = jax.nn.gelu(dense(norm(h, block["ln_2"]), block["mlp"]["c_fc"]), approximate=True)
+            h = h + dense(m, block["mlp"]["c_proj"])
+        return norm(h, t["ln_f"]) @ p["lm_head"]["kernel"]
+
+    return forward
+
+
+def test_gpt2_conv1d_layers_in_their_stages_and_as_jp_one_shot_on_the_flax_port():
     pytest.importorskip("transformers")
     from _torch_models import gpt2_tiny
 
     net = gpt2_tiny()
     reference = copy.deepcopy(net)
+    params = interop.torch_to_flax(net)["params"]
     g = torch.Generator().manual_seed(0)
     data = [torch.randint(0, 1000, (2, 12), generator=g) for _ in range(2)]
+    port = gpt2_port(net.config)
+    with torch.no_grad():  # the port is the model: logits agree
+        np.testing.assert_allclose(np.asarray(port(params, jax_of(data[0]))), np_of(net(data[0]).logits),
+                                   rtol=1e-4, atol=1e-4)
     # One SparseGPT layer (in_axis 0: its own compilation), Wanda elsewhere.
     rules = {"transformer.h.0.attn.c_attn.weight": jp.SparseGPT(0.5), "*.attn.c_attn.weight": jp.Wanda(0.5),
              "*.mlp.c_fc.weight": jp.Wanda(0.5)}
     result = interop.one_shot(net, data, rules)
-    assert [(layer.path, layer.stage) for layer in result.layers] == [
-        ("transformer.h.0.attn.c_attn.weight", 0), ("transformer.h.0.mlp.c_fc.weight", 1),
-        ("transformer.h.1.attn.c_attn.weight", 2), ("transformer.h.1.mlp.c_fc.weight", 3)]
+    names = ["transformer.h.0.attn.c_attn.weight", "transformer.h.0.mlp.c_fc.weight",
+             "transformer.h.1.attn.c_attn.weight", "transformer.h.1.mlp.c_fc.weight"]
+    assert [(layer.path, layer.stage) for layer in result.layers] == list(zip(names, range(4)))
     assert prune.is_pruned(net.transformer.h[0].mlp.c_fc)
     # Stage 0 calibrates on the dense model: Conv1D's weight is (in, out), in_axis 0.
     layer = reference.transformer.h[0].attn.c_attn
     new, mask = jp.sparsegpt(jax_of(layer.weight), stats_of(captured(reference, layer, data)), 0.5, in_axis=0)
-    np.testing.assert_array_equal(np_of(result.masks["transformer.h.0.attn.c_attn.weight"]), np.asarray(mask))
+    np.testing.assert_array_equal(np_of(result.masks[names[0]]), np.asarray(mask))
     np.testing.assert_allclose(np_of(net.transformer.h[0].attn.c_attn.weight), np.asarray(new), rtol=1e-5,
                                atol=1e-6)
-    assert result.masks["transformer.h.0.mlp.c_fc.weight"].shape == (64, 256)
-    assert int(result.masks["transformer.h.0.mlp.c_fc.weight"].sum(0).max()) == 32  # per output: half of 64 inputs
+    assert result.masks[names[1]].shape == (64, 256)
+    assert int(result.masks[names[1]].sum(0).max()) == 32  # per output: half of its 64 inputs
+    # The whole model as jp.one_shot prunes the Flax port with the same batches.
+    theirs = jp.one_shot(port, params, [jax_of(x) for x in data], {flax_name(k): v for k, v in rules.items()})
+    assert_same_as_flax(net, result, theirs, names)
 
 
 # --------------------------------------------------------------------------
@@ -568,8 +656,6 @@ def test_unused_layer_with_a_magnitude_rule_is_pruned_without_an_error_figure():
 
 
 def test_the_random_magnitude_baseline_draws_from_the_key():
-    import jax
-
     masks = [interop.one_shot(mlp(), batches(), {"0.weight": jp.RandomUnstructured(0.5)}, key=jax.random.key(s))[1]
              for s in (0, 0, 1)]
     assert torch.equal(masks[0]["0.weight"], masks[1]["0.weight"])
