@@ -8,14 +8,21 @@ with torch's own reparametrization (as :func:`prune_module` does), or writes
 the pruned values into the weights.
 
 Stages. With ``sequential=True`` the layers are pruned in the order torch
-calls them; layers whose input is the same tensor (the q/k/v projections of
-one attention) form one stage, and each stage's inputs come from the model
-whose earlier stages are already pruned (so later layers calibrate on what
-the pruned model really feeds them). Stage 0 reads the first batch during the
-pass that finds the order; every later stage takes one pass over the batches,
-each stopped right after the stage's last layer has read its input. Cost: at
-most ``stages x batches`` forward passes (about half of that in full layer
-computations). ``sequential=False`` takes one pass over the dense model.
+calls them: a layer starts a new stage unless its input is the very tensor an
+earlier layer read (the q/k/v projections of one attention), whose stage it
+joins; each stage's inputs come from the model whose earlier stages are
+already pruned (so later layers calibrate on what the pruned model really
+feeds them). :func:`jaxprune.one_shot` numbers stages by data flow instead
+(the pruned kernels on the longest path into a kernel's input): the two agree
+on chains of blocks (MLPs, transformer layers); a branch that reads no pruned
+layer's output gets a later stage here, with the same inputs and so the same
+result, at the cost of one more pass. Stage 0 reads the first batch during
+the pass that finds the order; every later stage takes one pass over the
+batches, each stopped right after the stage's last layer has read its input.
+Cost: at most ``stages x batches`` forward passes (about half of that in
+full layer computations). ``sequential=False`` takes one pass over the dense
+model. Parameters that are no captured layer's weight (a magnitude rule on a
+bias) are pruned before any pass and reported as stage -1.
 
 State. During the passes a pruned layer's ``param.data`` points at its pruned
 values; the dense tensor is kept aside and nothing is written in place, so an

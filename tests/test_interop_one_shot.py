@@ -244,6 +244,13 @@ def test_layers_reading_one_tensor_form_one_stage_and_passes_stop_after_the_stag
     # Only the first pass (finding the stages) runs the whole forward: the others stop
     # once their stage has read its inputs.
     assert net.tail_calls == 1
+    # side reads no pruned layer's output: a later stage than jp.one_shot's data-flow
+    # stage 0, the same inputs, so the same result as from the dense model.
+    torch.manual_seed(0)
+    dense = Attention()
+    parallel = interop.one_shot(dense, data, {"side.weight": jp.SparseGPT(0.25)}, write="weights")
+    assert torch.equal(result.masks["side.weight"], parallel.masks["side.weight"])
+    assert torch.equal(net.side.weight, dense.side.weight)
 
 
 class InPlace(nn.Module):
