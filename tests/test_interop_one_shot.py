@@ -82,8 +82,8 @@ def snapshot(module: nn.Module) -> dict[str, Any]:
         "state": {k: v.detach().clone() for k, v in module.state_dict().items()},
         "params": [(n, p, p.data_ptr(), p.requires_grad) for n, p in module.named_parameters()],
         "buffers": [n for n, _ in module.named_buffers()],
-        "hooks": [(n, list(m._forward_pre_hooks.values()), list(m._forward_hooks.values()))
-                  for n, m in module.named_modules()],
+        "hooks": [(n, list(m._forward_pre_hooks.items()), list(m._forward_pre_hooks_with_kwargs),
+                   list(m._forward_hooks.values())) for n, m in module.named_modules()],
         "plain": [(n, sorted(k for k in vars(m) if not k.startswith("_"))) for n, m in module.named_modules()],
         "training": [m.training for m in module.modules()],
     }
