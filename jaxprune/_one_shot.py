@@ -1,8 +1,9 @@
 """One-shot pruning of a whole model from calibration data (Wanda, SparseGPT, magnitude).
 
 ``one_shot`` reads the model's jaxpr once to find, for every parameter a rule
-names, the matmul (``dot_general``) that uses it as a weight and the operand
-that is its input. It then runs the model on the calibration batches,
+names, the matmul (``dot_general``) or convolution that uses it as a weight
+and the operand that is its input (for a convolution: that operand's image
+patches). It then runs the model on the calibration batches,
 accumulating each kernel's input statistics (``InputStats``: the sum of
 squares per input feature and ``X^T X``) inside a jitted function that
 computes nothing past the kernels it needs (XLA drops the rest), and prunes
