@@ -237,7 +237,7 @@ def _targets(module: torch.nn.Module, rules: Rules, key: jax.Array | None) -> li
         targets.append(_Target(name, sub, attr, param, param.data, spec, in_axis))
     if not targets:
         raise ValueError("one_shot: the rules prune no parameter (every rule value is None)")
-    _magnitude_masks(module, params, targets, key)
+    _magnitude_masks(module, params, rules, targets, key)
     return targets
 
 
@@ -258,7 +258,7 @@ def _chosen(params: Mapping[str, Any], rules: Rules) -> dict[str, tuple[str, Any
                     f"got {rules!r}")
 
 
-def _magnitude_masks(module: torch.nn.Module, params: Mapping[str, Any], targets: Sequence[_Target],
+def _magnitude_masks(module: torch.nn.Module, params: Mapping[str, Any], rules: Rules, targets: Sequence[_Target],
                      key: jax.Array | None) -> None:
     """Each magnitude rule's mask, computed up front by the planner as
     :func:`prune_module` computes it (groups, keys and checks alike): these
@@ -266,8 +266,13 @@ def _magnitude_masks(module: torch.nn.Module, params: Mapping[str, Any], targets
     magnitude = {t.name: t for t in targets if not t.calibrated}
     if not magnitude:
         return
-    masks = _module_masks(key, module, lambda name, _: magnitude[name].spec if name in magnitude else None,
-                          None, dict(params))
+    if isinstance(rules, Mapping):
+        # The calibrated rules stay, as None, so that every parameter keeps the
+        # pattern that won it (a pattern is a GlobalUnstructured group).
+        only: Rules = {p: None if _is_calibrated(v) else v for p, v in rules.items()}
+    else:
+        only = lambda name, _: magnitude[name].spec if name in magnitude else None  # noqa: E731
+    masks = _module_masks(key, module, only, None, dict(params))
     for name, mask in masks.items():
         magnitude[name].mask = mask
 

@@ -318,6 +318,17 @@ def test_magnitude_rules_prune_any_parameter_with_errors_where_inputs_exist():
     assert [(layer.path, layer.stage) for layer in result.layers] == [("0.bias", -1), ("2.bias", -1), ("0.weight", 0)]
 
 
+def test_global_magnitude_rules_group_by_pattern_as_prune_module():
+    net, data = mlp(widths=(16, 32, 8, 4)), batches()
+    twin = copy.deepcopy(net)
+    magnitude = {"0.weight": jp.GlobalUnstructured(0.5), "2.weight": jp.GlobalUnstructured(0.5)}
+    _, masks = interop.one_shot(net, data, {**magnitude, "4.weight": jp.Wanda(0.5)})
+    interop.prune_module(None, twin, magnitude)
+    for name, i in (("0.weight", 0), ("2.weight", 2)):  # two patterns: two groups, half of each pruned
+        np.testing.assert_array_equal(np_of(masks[name]), np_of(twin[i].weight_mask > 0))
+        assert int(masks[name].sum()) * 2 == masks[name].numel()
+
+
 class TwoInputs(nn.Module):
     def __init__(self) -> None:
         super().__init__()
