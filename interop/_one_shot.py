@@ -350,10 +350,8 @@ def _input_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
 
 @contextlib.contextmanager
 def _hooks(targets: Sequence[_Target], on_input: Callable[[_Target, Any], None]) -> Iterator[None]:
-    """Forward pre-hooks on the targets' layers, each calling ``on_input(target, x)``.
-
-    A layer whose weight two rules prune does not occur (one weight per layer).
-    """
+    """Forward pre-hooks on the targets' layers (one per layer: only a layer's
+    ``weight`` is captured), each calling ``on_input(target, x)``; removed on exit."""
     handles = []
 
     def hook(target: _Target) -> Callable[..., None]:
