@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import math
 import sys
 import weakref
@@ -47,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxprune as jp
-from jaxprune._one_shot_types import LayerReport, OneShotResult
+from jaxprune._one_shot_types import LayerReport, OneShotResult, reporter
 from jaxprune._plan import match_patterns
 from jaxprune._specs import PruningMethod
 
@@ -68,7 +67,6 @@ if TYPE_CHECKING:
 SUPPORTED_LAYERS = "torch.nn.Linear and transformers' Conv1D"
 WRITES = ("reparametrize", "weights")
 
-_logger = logging.getLogger("jaxprune")
 
 
 @dataclasses.dataclass(eq=False)
@@ -161,7 +159,7 @@ def one_shot(
         raise ValueError(f"one_shot: write must be one of {WRITES}, got {write!r}")
     if not isinstance(sequential, bool):
         raise TypeError(f"one_shot: sequential must be True or False, got {sequential!r}")
-    report = _reporter(progress)
+    report = reporter(progress)
     targets = _targets(module, rules, key)
     batch_list = _batch_list(batches)
     undo = _Undo()
@@ -599,17 +597,3 @@ class _Undo:
 # --------------------------------------------------------------------------
 
 
-def _reporter(progress: bool | Callable[[LayerReport], None] | None) -> Callable[[LayerReport], None]:
-    if progress is True:
-        return _log_layer
-    if progress is None or progress is False:
-        return lambda _: None
-    if callable(progress):
-        return progress
-    raise TypeError(f"one_shot: progress must be None, a bool or a callable receiving each LayerReport, "
-                    f"got {progress!r}")
-
-
-def _log_layer(layer: LayerReport) -> None:
-    _logger.info("one_shot: %s (%r, stage %d): %.2f%% pruned, relative error %.4f", layer.path, layer.method,
-                 layer.stage, 100 * layer.sparsity, layer.error)
