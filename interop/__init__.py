@@ -19,6 +19,7 @@ from ._modules import prunable_parameters as prunable_parameters
 from ._modules import prune_module as prune_module
 from ._modules import pruned_state_dict as pruned_state_dict
 from ._modules import read_pruned as read_pruned
+from ._one_shot import one_shot as one_shot
 from ._semi_structured import SemiStructured as SemiStructured
 from ._semi_structured import from_semi_structured as from_semi_structured
 from ._semi_structured import to_semi_structured as to_semi_structured
@@ -36,6 +37,7 @@ __all__ = (
     "from_semi_structured",
     "masks_to_flax",
     "masks_to_torch",
+    "one_shot",
     "placements",
     "prunable_parameters",
     "prune_module",

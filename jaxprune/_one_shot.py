@@ -1,8 +1,9 @@
 """One-shot pruning of a whole model from calibration data (Wanda, SparseGPT, magnitude).
 
 ``one_shot`` reads the model's jaxpr once to find, for every parameter a rule
-names, the matmul (``dot_general``) that uses it as a weight and the operand
-that is its input. It then runs the model on the calibration batches,
+names, the matmul (``dot_general``) or convolution that uses it as a weight
+and the operand that is its input (for a convolution: that operand's image
+patches). It then runs the model on the calibration batches,
 accumulating each kernel's input statistics (``InputStats``: the sum of
 squares per input feature and ``X^T X``) inside a jitted function that
 computes nothing past the kernels it needs (XLA drops the rest), and prunes
@@ -29,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -40,7 +40,7 @@ from jax import lax, tree_util
 from jax.extend.core import Literal
 
 from ._calibration import InputStats, SparseGPT, Wanda, input_stats, relative_error
-from ._one_shot_types import LayerReport, OneShotResult
+from ._one_shot_types import LayerReport, OneShotResult, reporter
 from ._plan import as_method, match_patterns
 from ._specs import PruningMethod
 from ._trees import leaf_key, path_str
@@ -405,11 +405,6 @@ def _signature(batch: Any) -> tuple[Any, ...]:
     return (treedef, *((np.shape(x), _dtype(x)) for x in leaves))
 
 
-def _print_report(report: LayerReport) -> None:
-    print(f"one_shot: {report.path}: {report.method!r}, stage {report.stage}, sparsity {report.sparsity:.2%}, "
-          f"relative error {report.error:.4f}", file=sys.stderr, flush=True)
-
-
 def one_shot(
     fn: Any,
     *args: Any,
@@ -442,8 +437,8 @@ def one_shot(
         :func:`prune_tree`) to methods, or is a callable ``(path, leaf) -> method | None``.
       sequential: prune stage by stage, each from the already-pruned model's
         inputs (see the module docstring); False: every input from the dense model.
-      progress: True prints one line per kernel to stderr; a callable receives
-        each :class:`LayerReport` as it is made.
+      progress: True logs one line per kernel (logger ``"jaxprune"``, INFO); a
+        callable receives each :class:`LayerReport` as it is made.
       key: a PRNG key for random methods (each leaf draws from ``leaf_key(key, path)``).
 
     Returns:
@@ -464,12 +459,7 @@ def one_shot(
     [('w1', 0), ('w2', 1)]
     """
     call, params, batches, rules, module = _split_call(fn, args)
-    if progress is True:
-        progress = _print_report
-    elif progress is False:
-        progress = None
-    elif progress is not None and not callable(progress):
-        raise TypeError(f"progress must be None, a bool or a callable (LayerReport) -> None, got {progress!r}")
+    report_to = reporter(progress)
     named, treedef = tree_util.tree_flatten_with_path(params)
     paths = [path_str(p) for p, _ in named]
     leaves = [x for _, x in named]
@@ -517,8 +507,7 @@ def one_shot(
     def report(i: int, stage: int, mask: Array, error: float) -> None:
         r = LayerReport(paths[i], specs[i], stage, float(1.0 - jnp.mean(mask)), error)
         reports.append(r)
-        if progress is not None:
-            progress(r)
+        report_to(r)
 
     # Parameters that are no matmul's weight need no inputs: pruned first, so
     # that (sequentially) every stage sees them pruned.

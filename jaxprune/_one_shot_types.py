@@ -6,8 +6,11 @@ Shared by :func:`jaxprune.one_shot` (Flax trees and NNX modules) and
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
+
+_logger = logging.getLogger("jaxprune")
 
 
 class LayerReport(NamedTuple):
@@ -71,3 +74,22 @@ class OneShotResult(tuple):
         rows = ["| layer | method | stage | sparsity | rel. error |", "|---|---|---|---|---|"]
         rows += [f"| {r.path} | {r.method} | {r.stage} | {r.sparsity:.2%} | {r.error:.4f} |" for r in self.layers]
         return "\n".join(rows)
+
+
+def reporter(progress: bool | Callable[[LayerReport], None] | None) -> Callable[[LayerReport], None]:
+    """What ``progress=`` of the one-shot functions means: True logs each report
+    (logger ``"jaxprune"``, INFO), a callable receives each, None/False nothing."""
+    if progress is True:
+        return log_report
+    if progress is None or progress is False:
+        return lambda _: None
+    if callable(progress):
+        return progress
+    raise TypeError(f"one_shot: progress must be None, a bool or a callable receiving each LayerReport, "
+                    f"got {progress!r}")
+
+
+def log_report(layer: LayerReport) -> None:
+    """One INFO line on the ``jaxprune`` logger for a pruned kernel."""
+    _logger.info("one_shot: %s (%r, stage %d): %.2f%% pruned, relative error %.4f", layer.path, layer.method,
+                 layer.stage, 100 * layer.sparsity, layer.error)
