@@ -236,14 +236,14 @@ def decayed(params: Params) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, _: jp.path_str(path).endswith("kernel"), params)
 
 
+_nll_jit = jax.jit(nll, static_argnums=0)  # the forward function is static: one compilation per model
+
+
 def perplexity(graphdef: nnx.GraphDef, params: Params, val: np.ndarray) -> float:
     """Validation perplexity: exp of the mean next-byte NLL over the validation windows."""
     forward = make_forward(graphdef)
     total = sum(len(b) * float(_nll_jit(forward, params, jnp.asarray(b))) for b in chunks(val, 64))
     return math.exp(total / len(val))
-
-
-_nll_jit = jax.jit(nll, static_argnums=0)
 
 
 def unigram_perplexity(train: np.ndarray, val: np.ndarray) -> float:
