@@ -33,6 +33,12 @@ from ._methods import random_unstructured as random_unstructured
 from ._methods import slice_norms as slice_norms
 from ._methods import structured_mask as structured_mask
 from ._methods import unstructured_mask as unstructured_mask
+from ._patterns import BlockSparse as BlockSparse
+from ._patterns import NMSparse as NMSparse
+from ._patterns import block_mask as block_mask
+from ._patterns import matmul_input_axis as matmul_input_axis
+from ._patterns import n_m_mask as n_m_mask
+from ._patterns import n_m_valid as n_m_valid
 from ._report import SparsityReport as SparsityReport
 from ._report import sparsity_report as sparsity_report
 from ._rules import prune_tree as prune_tree
@@ -77,6 +83,7 @@ except _metadata.PackageNotFoundError:  # imported from a source tree that is no
 
 __all__ = (
     "ActivationUnstructured",
+    "BlockSparse",
     "ChannelGroup",
     "ChannelGroups",
     "ChannelPruning",
@@ -88,6 +95,7 @@ __all__ = (
     "KeyRequiredError",
     "L1Unstructured",
     "Member",
+    "NMSparse",
     "LnStructured",
     "NormOrderError",
     "PolynomialSchedule",
@@ -102,6 +110,7 @@ __all__ = (
     "TaylorUnstructured",
     "UnstructuredMethod",
     "apply_masks",
+    "block_mask",
     "channel_groups",
     "compute_mask",
     "constant_schedule",
@@ -113,6 +122,9 @@ __all__ = (
     "leaf_key",
     "ln_structured",
     "load_tree",
+    "matmul_input_axis",
+    "n_m_mask",
+    "n_m_valid",
     "one_shot_schedule",
     "path_str",
     "polynomial_schedule",
