@@ -326,18 +326,20 @@ def _transposable_keep(scores: Array, mask: Array | None, patterns: Array, m: in
     special = jnp.where(jnp.isnan(mag), float(m * m + 1), jnp.where(finite, 0.0, 1.0)).astype(fdt)
     mag = jnp.where(finite, mag, 0.0)
     if live is not None:
-        special, mag = special * live, mag * live
+        special, mag = jnp.where(live, special, 0.0), jnp.where(live, mag, 0.0)
     p = patterns.astype(fdt)
 
-    def best(chunk: tuple[Array, Array]) -> Array:
-        s, a = chunk
+    def best(tile: tuple[Array, Array]) -> Array:  # one tile; vmapped into (tiles, m*m) @ (m*m, patterns)
+        s, a = tile
         hi = lax.Precision.HIGHEST  # no reduced-precision passes (TF32 on GPUs)
-        first = jnp.matmul(s, p.T, precision=hi)
-        second = jnp.matmul(a, p.T, precision=hi)
-        top = jnp.max(first, axis=1, keepdims=True)
-        return jnp.argmax(jnp.where(first == top, second, -jnp.inf), axis=1)  # the first best on ties
+        first = jnp.matmul(p, s, precision=hi)
+        second = jnp.matmul(p, a, precision=hi)
+        return jnp.argmax(jnp.where(first == jnp.max(first), second, -jnp.inf))  # the first best on ties
 
-    choice = lax.map(best, (special, mag), batch_size=_TILE_BATCH) if len(x) > _TILE_BATCH else best((special, mag))
+    if len(x) > _TILE_BATCH:
+        choice = lax.map(best, (special, mag), batch_size=_TILE_BATCH)
+    else:
+        choice = jax.vmap(best)((special, mag))
     keep = patterns[choice]
     keep = keep if live is None else keep & live
     out = keep.reshape(rows // m, cols // m, m, m).transpose(0, 2, 1, 3).reshape(rows, cols)
