@@ -519,7 +519,10 @@ class NMSparse(PruningMethod):
     step=s)``) turns it on at ``s``. To move through 1:4, then 2:4 pruned,
     write ``n=None``: the schedule sets the amount, and at a target sparsity
     ``s`` each group has ``floor(round(s * size) / groups)`` pruned (``s =
-    0.25``: 1 of 4, ``s = 0.5``: 2 of 4).
+    0.25``: 1 of 4, ``s = 0.5``: 2 of 4). Outside a schedule, ``n=None``
+    takes ``amount`` (a fraction or count of the entries still kept, as
+    torch counts): the entries pruned before plus those, shared evenly by
+    the groups and rounded down.
 
     >>> import jax.numpy as jnp, jaxprune as jp
     >>> params = {"dense": {"kernel": jnp.arange(1.0, 9.0).reshape(4, 2)}}
@@ -578,11 +581,14 @@ class NMSparse(PruningMethod):
     def _scheduled_n(self, size: int, mask: Array | None) -> Array:
         """``n`` from the amount: the entries pruned after this step (earlier
         ones plus ``round(amount * candidates)``), shared evenly by the groups."""
-        before = 0 if mask is None else _count_false(mask)
-        k = prune_count(check_amount(self.amount), count_units(mask, size))
-        k = jnp.asarray(k if isinstance(k, int) else _count_value(k), count_dtype())
-        per_group = (before + k) // (size // self.m)
-        return (self.m - jnp.clip(per_group, 0, self.m)).astype(jnp.int32)
+        live = count_units(mask, size)
+        k = prune_count(check_amount(self.amount), live)
+        groups = size // self.m
+        if isinstance(live, int) and isinstance(k, int):  # concrete: exact Python ints at any size
+            return jnp.asarray(self.m - min((size - live + k) // groups, self.m), jnp.int32)
+        before = 0 if mask is None else _count_false(mask)  # traced: jp.pruning checks its counts fit
+        total = before + (k if isinstance(k, int) else _count_value(k))
+        return (self.m - jnp.clip(total // groups, 0, self.m)).astype(jnp.int32)
 
 
 def _count_value(c: Count) -> Array:

@@ -487,3 +487,18 @@ def test_n_m_violations_counts_the_bad_groups():
     mask = np.array([[1, 1, 1, 0, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0]], bool)
     assert n_m_violations(mask, 2, 4, axis=1) == 2
     assert not jp.n_m_valid(mask, 3, 4, axis=1) and n_m_violations(mask, 3, 4, axis=1) == 1
+
+
+def test_n_m_with_an_amount_prunes_that_share_of_every_group():
+    rng = np.random.default_rng(15)
+    t = rng.integers(-3, 4, size=(4, 16)).astype(np.float32)
+    for amount, n in [(0.25, 3), (0.5, 2), (0.6, 2), (0.75, 1), (1.0, 0), (0.0, 4), (32, 2)]:
+        spec = jp.NMSparse(None, 4, axis=1, amount=amount)
+        expect = np.ones(t.shape, bool) if n == 4 else brute_n_m(t, n, 4, 1)
+        np.testing.assert_array_equal(np.asarray(spec.compute_mask(None, t)), expect)
+    dm = np.ones(t.shape, bool)
+    dm[:, ::4] = False  # 1 of 4 pruned already (16 entries)
+    got = jp.NMSparse(None, 4, axis=1, amount=16).compute_mask(None, t, dm)  # 32 of 64 in all: 2 of 4
+    np.testing.assert_array_equal(np.asarray(got), brute_n_m(t, 2, 4, 1, dm))
+    got = jp.NMSparse(None, 4, axis=1, amount=0.25).compute_mask(None, t, dm)  # 16 + 12 = 28: 1.75, rounds down
+    np.testing.assert_array_equal(np.asarray(got), dm)
