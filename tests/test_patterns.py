@@ -415,6 +415,13 @@ def test_cli_prunes_with_n_m_and_block_specs_and_reports_validity(tmp_path, caps
     assert main(["prune", str(tmp_path / "in.safetensors"), "-o", str(out), "--rule", "fc.weight=nm:1:4:axis=0",
                  "--json"]) == 0
     assert '"pattern": "1:4 along axis 0: valid"' in capsys.readouterr().out
+    assert main(["report", str(out), "--nm", "1:4:axis=0", "--block", "4x4x1x1"]) == 0
+    text = capsys.readouterr().out
+    assert "1:4 along axis 0: valid" in text and "0/18 4x4x1x1 blocks zero" in text  # fc: 1:4; conv untouched
+    assert main(["report", str(tmp_path / "in.safetensors"), "--nm", "2:4", "--json"]) == 0
+    assert '"nm": "2:4 along axis 1: 32 groups keep more than 2"' in capsys.readouterr().out  # 8 x 4 dense groups
+    assert main(["report", str(out), "--nm", "4:4"]) != 0
+    assert "--nm '4:4': n must be in [0, m)" in capsys.readouterr().err
     for args, message in [(["--rule", "*.weight=nm:2:4", "--global", "0.5"], "--global ranks entries"),
                           (["--rule", "*=nm:2"], "nm needs N:M"),
                           (["--rule", "*=nm:2:x"], "M='x' is not an integer"),

@@ -131,7 +131,7 @@ def _parse_axis(text: str) -> int | str:
     return int(low)
 
 
-def _parse_block(text: str) -> tuple[int, ...]:
+def parse_block(text: str) -> tuple[int, ...]:
     parts = text.strip().lower().split("x")
     if not all(_INT.fullmatch(p.strip()) for p in parts):
         raise ValueError(f"block={text!r} is not a block shape such as 4x4 (one extent per dim, 1 = not blocked)")
@@ -143,7 +143,7 @@ def _parse_reduce(text: str) -> str:
 
 
 _OPTION_PARSERS: dict[str, Callable[[str], Any]] = {
-    "n": _parse_norm, "dim": _parse_dim, "axis": _parse_axis, "block": _parse_block, "reduce": _parse_reduce,
+    "n": _parse_norm, "dim": _parse_dim, "axis": _parse_axis, "block": parse_block, "reduce": _parse_reduce,
 }
 
 
