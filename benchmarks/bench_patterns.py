@@ -27,10 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from _machine import describe
 
 import jaxprune as jp
-
-from _machine import describe
 
 
 def median_time(fn: Callable[[], object], reps: int) -> float:
@@ -78,11 +77,11 @@ def main() -> None:
         w = jax.device_put(host)
         tw = torch.from_numpy(host)
         np.testing.assert_array_equal(np.asarray(n_m(w)), torch_n_m(tw, 2, 4).numpy())  # the same mask
-        pass_s = median_time(lambda: one_pass(w).block_until_ready(), args.reps)
-        rows = [("2:4 along axis 1", lambda: n_m(w).block_until_ready(), lambda: torch_n_m(tw, 2, 4))]
+        pass_s = median_time(lambda w=w: one_pass(w).block_until_ready(), args.reps)
+        rows = [("2:4 along axis 1", lambda w=w: n_m(w).block_until_ready(), lambda tw=tw: torch_n_m(tw, 2, 4))]
         if size <= 4096:
-            rows.append(("block 4x4 at 50%", lambda: blocks(w).block_until_ready(),
-                         lambda: torch_block(tw, 0.5, (4, 4))))
+            rows.append(("block 4x4 at 50%", lambda w=w: blocks(w).block_until_ready(),
+                         lambda tw=tw: torch_block(tw, 0.5, (4, 4))))
         for what, jax_fn, torch_fn in rows:
             jax_s = median_time(jax_fn, args.reps)
             torch_s = median_time(torch_fn, args.reps)

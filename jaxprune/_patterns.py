@@ -594,7 +594,8 @@ class NMSparse(PruningMethod):
 def _count_value(c: Count) -> Array:
     """A :class:`Count` as one integer (the training step's counts fit: it checks)."""
     dtype = count_dtype()
-    return c.hi.astype(dtype) * (1 << 32) + c.lo.astype(dtype) if dtype == jnp.int64 else c.lo.astype(dtype)
+    lo = jnp.asarray(c.lo).astype(dtype)
+    return jnp.asarray(c.hi).astype(dtype) * (1 << 32) + lo if dtype == jnp.int64 else lo
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ import numpy as np
 
 import jaxprune as jp
 
-from .._patterns import check_block, pruned_blocks
+from .._patterns import check_block
 from ._checkpoints import read_checkpoint
 from ._errors import CliError
 from ._prune import Weights, n_m_note
