@@ -8,7 +8,9 @@ For each size: the median wall time of
   (``w.abs().view(-1, 4).topk(2)`` and a scatter into a zero mask);
 * ``jp.block_mask(w, 0.5, (4, 4))`` and torch's block mask (4x4 L1 scores by
   ``avg_pool2d``, ``kthvalue`` threshold, as torch.ao's ``WeightNormSparsifier``
-  ranks blocks), on 4096x4096 only.
+  ranks blocks), on 4096x4096 only;
+* ``jp.n_m_mask(w, 2, 4, axis=1, transposable=True)`` on 4096x4096 (torch has no exact
+  transposable mask to compare with: its tile pruner is greedy).
 
 Ratios: jaxprune / pass, jaxprune / torch (below 1 = faster). Tensors are
 float32 ``(out, in)`` with groups along the input axis 1.
@@ -72,6 +74,7 @@ def main() -> None:
     one_pass = jax.jit(lambda x: jnp.abs(x) * 2)
     n_m = jax.jit(lambda x: jp.n_m_mask(x, 2, 4, axis=1))
     blocks = jax.jit(lambda x: jp.block_mask(x, 0.5, (4, 4)))
+    transposable = jax.jit(lambda x: jp.n_m_mask(x, 2, 4, axis=1, transposable=True))
     for size in (int(s) for s in args.sizes.split(",")):
         host = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
         w = jax.device_put(host)
@@ -82,11 +85,13 @@ def main() -> None:
         if size <= 4096:
             rows.append(("block 4x4 at 50%", lambda w=w: blocks(w).block_until_ready(),
                          lambda tw=tw: torch_block(tw, 0.5, (4, 4))))
+            rows.append(("transposable 2:4", lambda w=w: transposable(w).block_until_ready(), None))
         for what, jax_fn, torch_fn in rows:
             jax_s = median_time(jax_fn, args.reps)
-            torch_s = median_time(torch_fn, args.reps)
-            print(f"| {size}x{size} | {what} | {pass_s * 1e3:.1f} | {jax_s * 1e3:.1f} | {torch_s * 1e3:.1f} | "
-                  f"{jax_s / pass_s:.2f} | {jax_s / torch_s:.2f} |", flush=True)
+            torch_s = None if torch_fn is None else median_time(torch_fn, args.reps)
+            vs_torch = ("-", "-") if torch_s is None else (f"{torch_s * 1e3:.1f}", f"{jax_s / torch_s:.2f}")
+            print(f"| {size}x{size} | {what} | {pass_s * 1e3:.1f} | {jax_s * 1e3:.1f} | {vs_torch[0]} | "
+                  f"{jax_s / pass_s:.2f} | {vs_torch[1]} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import functools
 import itertools
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import jax
@@ -329,17 +329,23 @@ def _transposable_keep(scores: Array, mask: Array | None, patterns: Array, m: in
         special, mag = jnp.where(live, special, 0.0), jnp.where(live, mag, 0.0)
     p = patterns.astype(fdt)
 
+    hi = lax.Precision.HIGHEST  # no reduced-precision passes (TF32 on GPUs)
+
     def best(tile: tuple[Array, Array]) -> Array:  # one tile; vmapped into (tiles, m*m) @ (m*m, patterns)
         s, a = tile
-        hi = lax.Precision.HIGHEST  # no reduced-precision passes (TF32 on GPUs)
         first = jnp.matmul(p, s, precision=hi)
         second = jnp.matmul(p, a, precision=hi)
         return jnp.argmax(jnp.where(first == jnp.max(first), second, -jnp.inf))  # the first best on ties
 
-    if len(x) > _TILE_BATCH:
-        choice = lax.map(best, (special, mag), batch_size=_TILE_BATCH)
-    else:
-        choice = jax.vmap(best)((special, mag))
+    def best_finite(tile: tuple[Array, Array]) -> Array:  # no NaN or inf anywhere: one matmul
+        return jnp.argmax(jnp.matmul(p, tile[1], precision=hi))
+
+    def choose(fn: Callable[[tuple[Array, Array]], Array]) -> Array:
+        if len(x) > _TILE_BATCH:
+            return lax.map(fn, (special, mag), batch_size=_TILE_BATCH)
+        return jax.vmap(fn)((special, mag))
+
+    choice = lax.cond(jnp.all(finite), lambda: choose(best_finite), lambda: choose(best))
     keep = patterns[choice]
     keep = keep if live is None else keep & live
     out = keep.reshape(rows // m, cols // m, m, m).transpose(0, 2, 1, 3).reshape(rows, cols)

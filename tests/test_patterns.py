@@ -216,10 +216,12 @@ def test_transposable_keeps_nan_then_inf_first_and_respects_the_default_mask():
 def test_transposable_many_tiles_take_batches_with_the_same_result():
     rng = np.random.default_rng(7)
     t = rng.standard_normal((4 * 260, 4 * 260)).astype(np.float32)  # 67,600 tiles > one batch
-    got = np.asarray(jp.n_m_mask(t, 2, 4, axis=1, transposable=True))
-    head = t[:16, :16]
-    np.testing.assert_array_equal(got[:16, :16], brute_transposable(head, 2, 4))
-    assert jp.n_m_valid(got, 2, 4, axis=0) and jp.n_m_valid(got, 2, 4, axis=1) and got.sum() == t.size // 2
+    for last in (0.0, np.inf):  # all finite (one matmul), or not (the lexicographic score)
+        t[-1, -1] = last
+        got = np.asarray(jp.n_m_mask(t, 2, 4, axis=1, transposable=True))
+        np.testing.assert_array_equal(got[:16, :16], brute_transposable(t[:16, :16], 2, 4))
+        assert jp.n_m_valid(got, 2, 4, axis=0) and jp.n_m_valid(got, 2, 4, axis=1) and got.sum() == t.size // 2
+    assert got[-1, -1]
 
 
 # --------------------------------------------------------------------------
