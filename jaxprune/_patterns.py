@@ -438,22 +438,32 @@ def block_mask(
     return _keep_blocks(scores, mask, alive, as_k(k), block, reduce)
 
 
-def _blocked(x: Array, block: tuple[int, ...], fill: object) -> Array:
-    """``x`` padded with ``fill`` to whole blocks and reshaped to ``(g0, b0, g1, b1, ...)``."""
+_SLICE_MAX = 16  # block extents up to this are reduced slice by slice; longer ones by a reduction
+
+
+def _block_reduce(x: Array, block: tuple[int, ...], fill: object, op: Callable[[Array, Array], Array],
+                  reduce: Callable[..., Array]) -> Array:
+    """Each block of ``x`` (padded with ``fill`` to whole blocks) reduced to one value, one dim at
+    a time. A short extent is reduced by adding (``op``) its slices: XLA:CPU runs a reduction over a
+    short axis several times slower than the elementwise loop the slices fuse into."""
     grid = block_grid(x.shape, block)
     pads = [(0, g * b - s, 0) for s, b, g in zip(x.shape, block, grid)]
     if any(p[1] for p in pads):
         x = lax.pad(x, jnp.asarray(fill, x.dtype), pads)
-    return x.reshape([d for g, b in zip(grid, block) for d in (g, b)])
-
-
-def _block_axes(ndim: int) -> tuple[int, ...]:
-    return tuple(range(1, 2 * ndim, 2))
+    for d, (g, b) in enumerate(zip(grid, block)):
+        if b == 1:
+            continue
+        y = x.reshape(x.shape[:d] + (g, b) + x.shape[d + 1:])
+        if b <= _SLICE_MAX:
+            x = functools.reduce(op, [lax.index_in_dim(y, i, d + 1, keepdims=False) for i in range(b)])
+        else:
+            x = reduce(y, axis=d + 1)
+    return x
 
 
 @functools.partial(jax.jit, static_argnames=("block",))
 def _alive_blocks(mask: Array, block: tuple[int, ...]) -> Array:
-    return jnp.any(_blocked(mask, block, False), axis=_block_axes(mask.ndim))
+    return _block_reduce(mask, block, False, jnp.logical_or, jnp.any)
 
 
 def _present(shape: tuple[int, ...], block: tuple[int, ...]) -> np.ndarray | None:
@@ -466,12 +476,11 @@ def _present(shape: tuple[int, ...], block: tuple[int, ...]) -> np.ndarray | Non
 
 def block_scores(scores: Array, block: tuple[int, ...], reduce: str) -> Array:
     """One score per block (the grid's shape), see :func:`block_mask`."""
-    axes = _block_axes(scores.ndim)
     if reduce == "max":  # compared as magnitude keys: exact, NaN above inf
-        return jnp.max(_blocked(magnitude_keys(scores), block, 0), axis=axes)
+        return _block_reduce(magnitude_keys(scores), block, 0, jnp.maximum, jnp.max)
     fdt = jnp.float64 if scores.dtype.itemsize == 8 else jnp.float32
     a = jnp.abs(scores.astype(fdt))
-    total = jnp.sum(_blocked(a if reduce == "l1" else a * a, block, 0), axis=axes)
+    total = _block_reduce(a if reduce == "l1" else a * a, block, 0, jnp.add, jnp.sum)
     present = _present(scores.shape, block)
     if present is not None:  # edge blocks: their mean over the entries present, as a full block
         total = total * jnp.asarray(math.prod(block) / present, fdt)
