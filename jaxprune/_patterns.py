@@ -453,12 +453,27 @@ def _block_reduce(x: Array, block: tuple[int, ...], fill: object, op: Callable[[
     for d, (g, b) in enumerate(zip(grid, block)):
         if b == 1:
             continue
-        y = x.reshape(x.shape[:d] + (g, b) + x.shape[d + 1:])
-        if b <= _SLICE_MAX:
-            x = functools.reduce(op, [lax.index_in_dim(y, i, d + 1, keepdims=False) for i in range(b)])
-        else:
-            x = reduce(y, axis=d + 1)
+
+        def one_dim(x: Array, d: int = d, g: int = g, b: int = b) -> Array:
+            y = x.reshape(x.shape[:d] + (g, b) + x.shape[d + 1:])
+            if b <= _SLICE_MAX:
+                return functools.reduce(op, [lax.index_in_dim(y, i, d + 1, keepdims=False) for i in range(b)])
+            return reduce(y, axis=d + 1)
+
+        x = one_dim(x) if d < x.ndim - 1 else last_axis(one_dim, x)
     return x
+
+
+def last_axis(fn: Callable[[Array], Array], x: Array) -> Array:
+    """``fn(x)`` for an ``fn`` that groups ``x``'s last axis, run as two halves of the first axis
+    in a loop. Fused with the code that produces ``x`` (the reduction of the other dims), XLA:CPU
+    ran such strided reads several times slower than a pass over the input
+    (benchmarks/bench_patterns.py); a loop body is compiled apart, so ``x`` is written out first
+    and the halves read it at full speed."""
+    if x.ndim < 2 or x.shape[0] % 2:
+        return fn(x)
+    halves = lax.map(fn, x.reshape((2, x.shape[0] // 2) + x.shape[1:]))
+    return halves.reshape((x.shape[0],) + halves.shape[2:])
 
 
 @functools.partial(jax.jit, static_argnames=("block",))

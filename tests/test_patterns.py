@@ -249,7 +249,8 @@ def brute_block_keep(t: np.ndarray, amount: float, block: tuple[int, ...], reduc
 
 
 @pytest.mark.parametrize("reduce", ["l1", "l2", "max"])
-@pytest.mark.parametrize(("shape", "block"), [((8, 12), (4, 4)), ((10, 7), (4, 3)), ((6, 5, 4), (2, 1, 4))])
+@pytest.mark.parametrize(("shape", "block"), [((8, 12), (4, 4)), ((10, 7), (4, 3)), ((6, 5, 4), (2, 1, 4)),
+                                             ((4, 70), (1, 32)), ((70, 4), (32, 2)), ((9,), (2,))])
 def test_block_mask_prunes_exactly_the_lowest_blocks(reduce, shape, block):
     rng = np.random.default_rng(8)
     t = rng.integers(-3, 4, size=shape).astype(np.float32)  # ties between blocks
