@@ -277,27 +277,26 @@ def tile_patterns(n: int, m: int) -> np.ndarray:
     >>> tile_patterns(2, 4).shape
     (90, 16)
     """
-    rows = [np.array([i in c for i in range(m)]) for c in itertools.combinations(range(m), n)]
-    found: list[np.ndarray] = []
+    rows = [tuple(int(i in c) for i in range(m)) for c in itertools.combinations(range(m), n)]
+    found: list[tuple[int, ...]] = []
 
-    def extend(prefix: list[np.ndarray], columns: np.ndarray) -> None:
+    def extend(prefix: tuple[int, ...], columns: tuple[int, ...]) -> None:
         if len(found) > _PATTERNS_MAX:
             return
-        if len(prefix) == m:
-            found.append(np.concatenate(prefix))
+        if len(prefix) == m * m:
+            found.append(prefix)
             return
-        left = m - len(prefix)
+        left = m - len(prefix) // m - 1  # rows still to place after this one
         for r in rows:
-            c = columns + r
-            if c.max() <= n and np.all(n - c <= left - 1):  # the rest can still fill every column
-                extend([*prefix, r], c)
+            c = tuple(a + b for a, b in zip(columns, r))
+            if all(n - left <= k <= n for k in c):  # the rest can still fill every column
+                extend(prefix + r, c)
 
-    extend([], np.zeros(m, np.int64))
+    extend((), (0,) * m)
     if len(found) > _PATTERNS_MAX:
         raise ValueError(f"transposable {n}:{m} has more than {_PATTERNS_MAX} valid {m}x{m} tiles to compare; "
                          "transposable masks support small m (2:4 has 90)")
-    weights = 1 << np.arange(m * m - 1, -1, -1, dtype=object)
-    return np.array(sorted(found, key=lambda p: int(np.sum(weights[p]))), dtype=bool).reshape(-1, m * m)
+    return np.array(sorted(found, reverse=False), dtype=bool).reshape(-1, m * m)
 
 
 def _check_tiles(shape: tuple[int, ...], m: int) -> None:
