@@ -459,11 +459,11 @@ def _block_reduce(x: Array, block: tuple[int, ...], fill: object, op: Callable[[
                 return functools.reduce(op, [lax.index_in_dim(y, i, d + 1, keepdims=False) for i in range(b)])
             return reduce(y, axis=d + 1)
 
-        x = one_dim(x) if d < x.ndim - 1 else last_axis(one_dim, x)
+        x = one_dim(x) if d < x.ndim - 1 else _last_axis(one_dim, x)
     return x
 
 
-def last_axis(fn: Callable[[Array], Array], x: Array) -> Array:
+def _last_axis(fn: Callable[[Array], Array], x: Array) -> Array:
     """``fn(x)`` for an ``fn`` that groups ``x``'s last axis, run as two halves of the first axis
     in a loop. Fused with the code that produces ``x`` (the reduction of the other dims), XLA:CPU
     ran such strided reads several times slower than a pass over the input
