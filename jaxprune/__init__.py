@@ -43,6 +43,12 @@ from ._methods import unstructured_mask as unstructured_mask
 from ._one_shot import one_shot as one_shot
 from ._one_shot_types import LayerReport as LayerReport
 from ._one_shot_types import OneShotResult as OneShotResult
+from ._patterns import BlockSparse as BlockSparse
+from ._patterns import NMSparse as NMSparse
+from ._patterns import block_mask as block_mask
+from ._patterns import matmul_input_axis as matmul_input_axis
+from ._patterns import n_m_mask as n_m_mask
+from ._patterns import n_m_valid as n_m_valid
 from ._report import SparsityReport as SparsityReport
 from ._report import sparsity_report as sparsity_report
 from ._rules import prune_tree as prune_tree
@@ -87,6 +93,7 @@ except _metadata.PackageNotFoundError:  # imported from a source tree that is no
 
 __all__ = (
     "ActivationUnstructured",
+    "BlockSparse",
     "ChannelGroup",
     "ChannelGroups",
     "ChannelPruning",
@@ -100,6 +107,7 @@ __all__ = (
     "L1Unstructured",
     "LayerReport",
     "Member",
+    "NMSparse",
     "LnStructured",
     "NormOrderError",
     "OneShotResult",
@@ -117,6 +125,7 @@ __all__ = (
     "UnstructuredMethod",
     "Wanda",
     "apply_masks",
+    "block_mask",
     "channel_groups",
     "compute_mask",
     "constant_schedule",
@@ -130,6 +139,9 @@ __all__ = (
     "ln_structured",
     "load_tree",
     "one_shot",
+    "matmul_input_axis",
+    "n_m_mask",
+    "n_m_valid",
     "one_shot_schedule",
     "path_str",
     "polynomial_schedule",
