@@ -43,7 +43,7 @@ import numpy as np
 from jax import lax
 
 from ._amounts import Count, check_amount, count_add, count_int32, host_count, is_traced, prune_count
-from ._selection import select_lowest, sort_keys
+from ._selection import keeps_shapes, select_lowest, sort_keys
 from ._typing import Amount, Array, ArrayLike
 
 _HIGHEST = lax.Precision.HIGHEST  # float32 products (a GPU would otherwise use TF32)
@@ -251,13 +251,85 @@ def _amount_k(amount: Amount, units: int) -> int | Array:
 # --------------------------------------------------------------------------
 
 
-def _row_ranks(keys: Array) -> Array:
-    """Rank of each key within its row (last axis), ties by position: a stable sort."""
-    n = keys.shape[-1]
-    position = lax.broadcasted_iota(jnp.int32, keys.shape, keys.ndim - 1)
-    _, order = lax.sort((keys, position), dimension=keys.ndim - 1, num_keys=1, is_stable=True)
-    ranks = jnp.zeros(keys.shape, jnp.int32)
-    return jnp.put_along_axis(ranks, order, position, axis=-1, inplace=False) if n else ranks
+#: Rows per step of the per-row selection: about this many keys, which stay in cache for every count.
+_ROW_BLOCK_KEYS = 1 << 15
+
+
+def _lowest_per_row(keys: Array, k: int | Array) -> Array:
+    """Mark the ``k`` lowest keys of every row (last axis), ties by the lower
+    index: exact, without a sort.
+
+    Per row, a search for the smallest key ``T`` with ``count(keys <= T) >= k``
+    by counts: each step counts the keys at or below a guess, interpolated
+    between the bracket's keys and counts (every third step halves the
+    bracket, so the worst case stays a bisection's 32 steps). A row is done
+    when a guess counts exactly ``k`` (then no tie straddles it), or when the
+    bracket is one key (then the ties at ``T`` are cut by index). On smooth
+    score distributions the interpolation needs far fewer counts than a
+    bisection; benchmarks/bench_one_shot.py measures it against a sort.
+
+    With one CPU device, rows go in blocks of about ``_ROW_BLOCK_KEYS`` keys,
+    so that every count of a block reads it from cache. Otherwise (a sharded
+    kernel, a GPU) all rows go at once: each count is an elementwise map and a
+    per-row sum, which shard along the rows.
+    """
+    n_rows, n = keys.shape
+    if n_rows == 0 or n == 0:
+        return jnp.zeros(keys.shape, bool)
+    k = jnp.asarray(k, jnp.int32)
+    if keeps_shapes():
+        return _lowest_in_rows(keys, k)
+    block = max(1, min(n_rows, _ROW_BLOCK_KEYS // n))
+    steps = -(-n_rows // block)
+    padded = jnp.pad(keys, ((0, steps * block - n_rows), (0, 0)))  # equal keys: done at once
+
+    def body(i: Array, out: Array) -> Array:
+        rows = lax.dynamic_slice_in_dim(padded, i * block, block, axis=0)
+        return lax.dynamic_update_slice_in_dim(out, _lowest_in_rows(rows, k), i * block, axis=0)
+
+    out = lax.fori_loop(0, steps, body, jnp.zeros(padded.shape, bool))
+    return out[:n_rows]
+
+
+def _lowest_in_rows(keys: Array, k: Array) -> Array:
+    """:func:`_lowest_per_row` on one block of rows (all in one search)."""
+    n = keys.shape[1]
+    udt = keys.dtype
+
+    def count_le(t: Array) -> Array:
+        return jnp.sum(keys <= t[:, None], axis=1, dtype=jnp.int32)
+
+    def done(state: tuple[Array, ...]) -> Array:
+        _, lo, hi, _, c_hi = state
+        return (c_hi == k) | (lo == hi) | (k <= 0)
+
+    def step(state: tuple[Array, ...]) -> tuple[Array, ...]:
+        # Invariant: count(keys < lo) = c_lo < k <= c_hi = count(keys <= hi).
+        it, lo, hi, c_lo, c_hi = state
+        span = hi - lo
+        frac = (k - c_lo).astype(jnp.float32) / jnp.maximum(c_hi - c_lo, 1).astype(jnp.float32)
+        guess = jnp.clip(jnp.floor(frac * span.astype(jnp.float32)), 0, None).astype(udt)
+        offset = jnp.where(it % 3 == 2, span // 2, guess)
+        mid = lo + jnp.minimum(offset, jnp.maximum(span, 1) - 1)  # in [lo, hi): always progresses
+        c = count_le(mid)
+        active, enough = ~done(state), c >= k
+        up, down = active & ~enough, active & enough
+        return (it + 1, jnp.where(up, mid + 1, lo), jnp.where(down, mid, hi),
+                jnp.where(up, c, c_lo), jnp.where(down, c, c_hi))
+
+    rows = keys.shape[0]
+    start = (jnp.zeros((), jnp.int32), jnp.min(keys, axis=1), jnp.max(keys, axis=1),
+             jnp.zeros(rows, jnp.int32), jnp.full(rows, n, jnp.int32))
+    _, lo, hi, c_lo, c_hi = lax.while_loop(lambda s: jnp.any(~done(s)), step, start)
+    threshold = hi[:, None]
+
+    def cut_ties(_: None) -> Array:
+        tie = keys == threshold
+        order = jnp.cumsum(tie, axis=1, dtype=jnp.int32)
+        return (keys < threshold) | (tie & (order <= (k - c_lo)[:, None]))
+
+    prune = lax.cond(jnp.all((c_hi == k) | (k <= 0)), lambda _: keys <= threshold, cut_ties, None)
+    return prune & (k > 0)
 
 
 def _group_prune(scores: Array, n: int, m: int) -> Array:
@@ -270,9 +342,8 @@ def _group_prune(scores: Array, n: int, m: int) -> Array:
         earlier = jnp.arange(m)[None, :] < jnp.arange(m)[:, None]  # [j, i]: i before j
         earlier = earlier.reshape((1,) * (groups.ndim - 1) + (m, m))
         ranks = jnp.sum((b < a) | ((b == a) & earlier), axis=-1, dtype=jnp.int32)
-    else:
-        ranks = _row_ranks(groups)
-    return (ranks < m - n).reshape(scores.shape)
+        return (ranks < m - n).reshape(scores.shape)
+    return _lowest_per_row(groups.reshape(-1, m), m - n).reshape(scores.shape)
 
 
 # --------------------------------------------------------------------------
@@ -335,7 +406,7 @@ def _wanda(kernel: Array, sum_sq: Array, k: int | Array, *, in_axis: int, nm: tu
     if nm is not None:
         prune = _group_prune(scores, *nm)
     else:
-        prune = _row_ranks(sort_keys(scores)) < k
+        prune = _lowest_per_row(sort_keys(scores), k)
     return _from_rows(~prune, in_axis)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import jaxprune as jp
+from jaxprune import _calibration, _selection
 from jaxprune._amounts import count_int
 
 
@@ -111,6 +112,27 @@ def test_wanda_ties_prune_the_lower_index_first_and_nan_last() -> None:
     assert keep.tolist() == [[False, False, False, True, True, True], [True, False, True, False, True, False]]
     keep = jp.wanda_mask(kernel, stats, nm=(1, 3), in_axis=1)
     assert keep.tolist() == [[False, False, True, False, False, True], [False, False, True, False, True, False]]
+
+
+@pytest.mark.parametrize("keep_shapes", [False, True])
+def test_per_row_selection_equals_a_stable_sort(keep_shapes: bool) -> None:
+    """The search by counts marks the k lowest of each row exactly, ties and NaN included."""
+    rng = np.random.default_rng(17)
+    scores = rng.standard_normal((37, 300)).astype(np.float32)
+    scores[:12] = np.round(scores[:12] * 2)  # a few distinct values: ties straddle k
+    scores[12:15, ::7] = np.nan
+    scores[15] = 1.5  # one value
+    scores[16, :5] = [-0.0, 0.0, -0.0, np.inf, -np.inf]
+    select = jax.jit(_calibration._lowest_per_row)
+    with _selection.forced(keep_shapes=keep_shapes):
+        for k in (0, 1, 150, 299, 300):
+            expected = np.zeros(scores.shape, bool)
+            for r in range(scores.shape[0]):
+                key = [(np.isnan(v), 0.0 if np.isnan(v) else v, i) for i, v in enumerate(scores[r])]
+                for _, _, i in sorted(key)[:k]:
+                    expected[r, i] = True
+            got = np.asarray(select(_selection.sort_keys(jnp.asarray(scores)), k))
+            np.testing.assert_array_equal(got, expected, err_msg=f"k={k}")
 
 
 def test_wanda_traced_amount_does_not_retrace() -> None:
