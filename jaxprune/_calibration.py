@@ -512,6 +512,12 @@ def sparsegpt(
     k_rest: int | Array = 0
     if amount is not None:
         k_full = _amount_k(amount, n_out * block)
+        if rest and check_amount(amount).is_count and not is_traced(amount) and int(amount) > n_out * rest:
+            raise ValueError(
+                f"amount={amount} entries per block is more than the {n_out * rest} entries of the last block "
+                f"({n_in} inputs are not a multiple of block_size={block}): give a fraction, or a block_size "
+                "that divides the inputs"
+            )
         k_rest = _amount_k(amount, n_out * rest) if rest else 0
     new, keep, ok = _sparsegpt(
         k_arr, hess, k_full, k_rest, jnp.float32(damp), in_axis=in_axis, nm=nm, block=block,

@@ -201,6 +201,17 @@ def test_sparsegpt_matches_the_official_algorithm(
         assert counts == [amount if isinstance(amount, int) else round(amount * size) for size in sizes]
 
 
+def test_sparsegpt_slab_selection_by_radix_matches_the_reference() -> None:
+    """Slabs above the sort path's size (4096 entries: real layers) take the radix select."""
+    w, x = _layer(18, 32, 100, 400)
+    stats = jp.input_stats(x)
+    expected_w, expected_prune = ref.sparsegpt(w, np.asarray(stats.hessian, np.float64), 0.45, None, 32)
+    with _selection.forced(sort_max=0):
+        new, keep = jp.sparsegpt(w, stats, 0.45, in_axis=1, block_size=32)
+    np.testing.assert_array_equal(~np.asarray(keep), expected_prune)
+    assert np.linalg.norm(np.asarray(new) - expected_w) <= 1e-4 * np.linalg.norm(expected_w)
+
+
 def test_sparsegpt_official_stats_give_the_same_result() -> None:
     """H = 2/N X^T X (the official scale) or X^T X: the same masks and weights."""
     w, x = _layer(8, 32, 96, 200)  # the shapes of the first case above: compiled once
@@ -326,6 +337,8 @@ def test_bad_inputs() -> None:
         jp.input_stats(x, jp.input_stats(x, hessian=False))
     with pytest.raises(ValueError, match=r"block_size=6 must be a multiple of m=4"):
         jp.sparsegpt(w, x, nm=(2, 4), in_axis=1, block_size=6)
+    with pytest.raises(ValueError, match=r"amount=40 entries per block is more than the 32 entries of the last block"):
+        jp.sparsegpt(w, x, 40, in_axis=1, block_size=6)  # blocks of 6, 6 and 4 inputs (8 outputs)
     with pytest.raises(ValueError, match=r"block_size must be a positive int, got 0"):
         jp.SparseGPT(0.5, block_size=0)
     with pytest.raises(ValueError, match=r"damp must be a finite real >= 0 .* got -0.1"):
