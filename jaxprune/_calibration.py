@@ -562,10 +562,39 @@ def _upper_inverse_factor(h: Array) -> Array:
     ``h^-1 = (P L^-T P)(P L^-1 P)`` and ``P L^-1 P`` is upper triangular with
     a positive diagonal, hence the factor. NaN when ``h`` is not positive
     definite."""
-    n = h.shape[0]
-    lower = jnp.linalg.cholesky(h[::-1, ::-1])
-    inv = jax.scipy.linalg.solve_triangular(lower, jnp.eye(n, dtype=h.dtype), lower=True)
-    return jnp.triu(inv[::-1, ::-1])
+    return jnp.triu(_lower_inverse(_cholesky(h[::-1, ::-1]))[::-1, ::-1])
+
+
+#: Matrices up to this size are factored and inverted by LAPACK's routines;
+#: larger ones split in halves whose products are matmuls (XLA:CPU runs those
+#: on every core, LAPACK's Cholesky on one; a triangular solve against the
+#: identity would also cost three times a triangular inverse's flops).
+_FACTOR_BASE = 512
+
+
+def _cholesky(a: Array) -> Array:
+    """The lower Cholesky factor, by halves: ``L11 = chol(A11)``,
+    ``L21 = A21 L11^-T``, ``L22 = chol(A22 - L21 L21^T)``."""
+    n = a.shape[0]
+    if n <= _FACTOR_BASE:
+        return jnp.linalg.cholesky(a)
+    k = n // 2
+    l11 = _cholesky(a[:k, :k])
+    l21 = lax.linalg.triangular_solve(l11, a[k:, :k], left_side=False, lower=True, transpose_a=True)
+    l22 = _cholesky(a[k:, k:] - _dot(l21, l21.T))
+    return jnp.block([[l11, jnp.zeros((k, n - k), a.dtype)], [l21, l22]])
+
+
+def _lower_inverse(lower: Array) -> Array:
+    """``L^-1`` for a lower triangular ``L``, by halves:
+    ``[[X11, 0], [-X22 L21 X11, X22]]`` with ``X11, X22`` the halves' inverses."""
+    n = lower.shape[0]
+    if n <= _FACTOR_BASE:
+        return lax.linalg.triangular_solve(lower, jnp.eye(n, dtype=lower.dtype), left_side=True, lower=True)
+    k = n // 2
+    x11, x22 = _lower_inverse(lower[:k, :k]), _lower_inverse(lower[k:, k:])
+    x21 = -_dot(x22, _dot(lower[k:, :k], x11))
+    return jnp.block([[x11, jnp.zeros((k, n - k), lower.dtype)], [x21, x22]])
 
 
 def _sweep_layer(

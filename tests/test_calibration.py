@@ -212,6 +212,19 @@ def test_sparsegpt_slab_selection_by_radix_matches_the_reference() -> None:
     assert np.linalg.norm(np.asarray(new) - expected_w) <= 1e-4 * np.linalg.norm(expected_w)
 
 
+def test_factor_by_halves_is_the_upper_cholesky_factor_of_the_inverse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above _FACTOR_BASE the factor is computed by halves (odd sizes too): torch's factor, to float32 precision."""
+    _, x = _layer(19, 1, 101, 400)
+    h = x.T.astype(np.float64) @ x + np.eye(101)
+    expected = np.linalg.cholesky(np.linalg.inv(h)).T
+    monkeypatch.setattr(_calibration, "_FACTOR_BASE", 8)
+    u = np.asarray(jax.jit(_calibration._upper_inverse_factor)(jnp.asarray(h, jnp.float32)), np.float64)
+    assert (np.tril(u, -1) == 0).all()
+    np.testing.assert_allclose(u, expected, atol=1e-5 * np.abs(expected).max())
+    not_positive = jnp.asarray(h, jnp.float32).at[60, 60].set(-1.0)
+    assert bool(jnp.isnan(jax.jit(_calibration._upper_inverse_factor)(not_positive)).any())
+
+
 def test_sparsegpt_official_stats_give_the_same_result() -> None:
     """H = 2/N X^T X (the official scale) or X^T X: the same masks and weights."""
     w, x = _layer(8, 32, 96, 200)  # the shapes of the first case above: compiled once
