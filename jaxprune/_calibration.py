@@ -512,7 +512,8 @@ def sparsegpt(
     k_rest: int | Array = 0
     if amount is not None:
         k_full = _amount_k(amount, n_out * block)
-        if rest and check_amount(amount).is_count and not is_traced(amount) and int(amount) > n_out * rest:
+        checked = check_amount(amount)
+        if rest and checked.is_count and checked.concrete and int(checked.value) > n_out * rest:  # type: ignore[arg-type]
             raise ValueError(
                 f"amount={amount} entries per block is more than the {n_out * rest} entries of the last block "
                 f"({n_in} inputs are not a multiple of block_size={block}): give a fraction, or a block_size "
