@@ -473,7 +473,8 @@ def sparsegpt(
       kernel: a 2-D matmul weight (the result has its dtype).
       inputs: calibration inputs ``(..., in)`` or :class:`InputStats` with a Hessian.
       amount: per block slab, the count or fraction of its entries to prune
-        (torch's counting; may be traced).
+        (torch's counting; may be traced). A count applies to every block, so
+        a shorter last block must hold it.
       in_axis: the kernel's input-features axis.
       nm: ``(n, m)`` instead of ``amount``: keep ``n`` of every ``m``
         consecutive inputs per output unit (``block_size`` a multiple of ``m``).
@@ -507,7 +508,7 @@ def sparsegpt(
     hess = jnp.asarray(stats.hessian)
     _check_finite(hess, "the inputs' Hessian entries")
     block = min(int(block_size), n_in)
-    full, rest = divmod(n_in, block)
+    rest = n_in % block
     k_full: int | Array = 0
     k_rest: int | Array = 0
     if amount is not None:
