@@ -7,9 +7,11 @@ same inverse and Cholesky calls, the same column loop); quantization and
 logging left out. Timings: the statistics over every calibration batch (the
 calibration batches exist before the clock starts), then the pruning from
 those statistics (jaxprune: jitted, one warm-up call first, compile
-excluded), the fastest of ``--reps`` calls (the statistics: one). Peak
-memory: the growth of the process's peak RSS over the RSS before the call
-(the kernel, statistics and batches already held are not counted).
+excluded), the fastest of ``--reps`` calls (the statistics: one). Memory:
+for jaxprune, what XLA allocates for one call (temporaries and outputs; per
+batch for the statistics); for torch, the growth of the process's peak RSS
+over the RSS before the call (the kernel, statistics and batches already
+held are not counted).
 
 Wanda: the time of ``jp.wanda_mask`` from the statistics, next to the time
 of one elementwise pass over the kernel (a jitted ``|W| * s`` with a sum) in
@@ -143,6 +145,14 @@ def timed(fn: Callable[[], object], reps: int, warm_up: bool = True) -> tuple[fl
     return best, peak
 
 
+def xla_bytes(fn: Callable[..., object], *args: object) -> int:
+    """What XLA allocates for one call of the jitted ``fn``: its temporaries and
+    outputs (RSS hardly moves for jax after a warm-up: its allocator reuses
+    the memory it freed)."""
+    memory = jax.jit(fn).lower(*args).compile().memory_analysis()
+    return int(memory.temp_size_in_bytes + memory.output_size_in_bytes)
+
+
 def calibration(size: int, batches: int, tokens: int, distinct: int = 4) -> list[np.ndarray]:
     """``batches`` batches of ``(1, tokens, size)`` activations, cycling through
     ``distinct`` random ones (memory), with a few outlier features as in LLMs."""
@@ -185,7 +195,8 @@ def main() -> None:
             g.add_batch(b)
         return g
 
-    t_jax, m_jax = timed(jax_stats, 1)
+    t_jax, _ = timed(jax_stats, 1)
+    m_jax = xla_bytes(lambda b, s: jp.input_stats(b, s), jax_batches[0], jp.input_stats(jax_batches[0]))
     t_torch, m_torch = timed(torch_stats, 1, warm_up=False)
     rows.append(("statistics (X^T X and sum of squares)", t_jax, m_jax, t_torch, m_torch))
     stats = jax_stats()
@@ -194,14 +205,16 @@ def main() -> None:
     # (b) SparseGPT from the statistics
     kernel = jnp.asarray(weight)
     prune = jax.jit(lambda w, s: jp.sparsegpt(w, s, 0.5, in_axis=1))
-    t_jax, m_jax = timed(lambda: jax.block_until_ready(prune(kernel, stats)), args.reps)
+    t_jax, _ = timed(lambda: jax.block_until_ready(prune(kernel, stats)), args.reps)
+    m_jax = xla_bytes(prune, kernel, stats)
     t_weight = torch.from_numpy(weight)
     t_torch, m_torch = timed(lambda: gpt.fasterprune(t_weight, 0.5), args.reps, warm_up=False)
     rows.append(("SparseGPT 50% (from the statistics)", t_jax, m_jax, t_torch, m_torch))
     # Where the time goes: the factorization alone (H^-1's upper Cholesky factor).
     damped = stats.hessian + 0.01 * jnp.mean(jnp.diagonal(stats.hessian)) * jnp.eye(size)
     factor = jax.jit(_upper_inverse_factor)
-    t_jax, m_jax = timed(lambda: jax.block_until_ready(factor(damped)), args.reps)
+    t_jax, _ = timed(lambda: jax.block_until_ready(factor(damped)), args.reps)
+    m_jax = xla_bytes(factor, damped)
     t_damped = torch.from_numpy(np.array(damped))
     t_torch, m_torch = timed(
         lambda: torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(t_damped)), upper=True), args.reps,
@@ -211,7 +224,8 @@ def main() -> None:
 
     # Wanda from the statistics, and one elementwise pass over the kernel
     wanda = jax.jit(lambda w, s: jp.wanda_mask(w, s, 0.5, in_axis=1))
-    t_jax, m_jax = timed(lambda: jax.block_until_ready(wanda(kernel, stats)), args.reps)
+    t_jax, _ = timed(lambda: jax.block_until_ready(wanda(kernel, stats)), args.reps)
+    m_jax = xla_bytes(wanda, kernel, stats)
     wrapped = TorchWanda(size)
     for b in torch_batches:
         wrapped.add_batch(b)
@@ -224,7 +238,7 @@ def main() -> None:
     print(f"\n{datetime.date.today()}, {describe(torch=torch.__version__, jax=jax.__version__)}, "
           f"torch threads {torch.get_num_threads()}")
     print(f"layer {size}x{size}, calibration {args.batches} x {args.tokens} tokens\n")
-    print("| step | jaxprune (s) | peak +MiB | torch port (s) | peak +MiB | jaxprune / torch |")
+    print("| step | jaxprune (s) | XLA temp + out MiB | torch port (s) | peak RSS + MiB | jaxprune / torch |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, tj, mj, tt, mt in rows:
         print(f"| {name} | {tj:.3f} | {mj / 2**20:.0f} | {tt:.3f} | {mt / 2**20:.0f} | {tj / tt:.2f} |")

@@ -420,9 +420,13 @@ def _wanda(kernel: Array, sum_sq: Array, k: int | Array, *, in_axis: int, nm: tu
 
 
 def _has_nan(x: Array) -> bool:
-    """NaN in a concrete array (read on the host: inside a trace, jnp would
-    stage the check); False for a traced one, which cannot be checked."""
-    return not is_traced(x) and bool(np.isnan(np.asarray(x)).any())
+    """NaN in a concrete array (checked where it lives; only a bool comes
+    back), also inside a user's trace that closes over it; False for a traced
+    one, which cannot be checked."""
+    if is_traced(x):
+        return False
+    with jax.ensure_compile_time_eval():  # a concrete value inside a trace: evaluate, do not stage
+        return bool(jnp.isnan(x).any())
 
 
 def _check_finite(x: Array, what: str) -> None:
