@@ -217,7 +217,7 @@ def test_factor_by_halves_is_the_upper_cholesky_factor_of_the_inverse(monkeypatc
     _, x = _layer(19, 1, 101, 400)
     h = x.T.astype(np.float64) @ x + np.eye(101)
     expected = np.linalg.cholesky(np.linalg.inv(h)).T
-    monkeypatch.setattr(_calibration, "_FACTOR_BASE", 8)
+    monkeypatch.setattr(_calibration, "_FACTOR_BASE", 30)  # 101 -> 50 + 51 -> 25 + 25 + 25 + 26
     u = np.asarray(jax.jit(_calibration._upper_inverse_factor)(jnp.asarray(h, jnp.float32)), np.float64)
     assert (np.tril(u, -1) == 0).all()
     np.testing.assert_allclose(u, expected, atol=1e-5 * np.abs(expected).max())
