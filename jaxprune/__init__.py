@@ -43,6 +43,12 @@ from ._methods import unstructured_mask as unstructured_mask
 from ._one_shot import one_shot as one_shot
 from ._one_shot_types import LayerReport as LayerReport
 from ._one_shot_types import OneShotResult as OneShotResult
+from ._patterns import BlockSparse as BlockSparse
+from ._patterns import NMSparse as NMSparse
+from ._patterns import block_mask as block_mask
+from ._patterns import matmul_input_axis as matmul_input_axis
+from ._patterns import n_m_mask as n_m_mask
+from ._patterns import n_m_valid as n_m_valid
 from ._report import SparsityReport as SparsityReport
 from ._report import sparsity_report as sparsity_report
 from ._rules import prune_tree as prune_tree
@@ -87,6 +93,7 @@ except _metadata.PackageNotFoundError:  # imported from a source tree that is no
 
 __all__ = (
     "ActivationUnstructured",
+    "BlockSparse",
     "ChannelGroup",
     "ChannelGroups",
     "ChannelPruning",
@@ -99,8 +106,9 @@ __all__ = (
     "KeyRequiredError",
     "L1Unstructured",
     "LayerReport",
-    "Member",
     "LnStructured",
+    "Member",
+    "NMSparse",
     "NormOrderError",
     "OneShotResult",
     "PolynomialSchedule",
@@ -109,14 +117,15 @@ __all__ = (
     "PruningState",
     "RandomStructured",
     "RandomUnstructured",
-    "SparseGPT",
     "Schedule",
+    "SparseGPT",
     "SparsityReport",
     "StructuredMethod",
     "TaylorUnstructured",
     "UnstructuredMethod",
     "Wanda",
     "apply_masks",
+    "block_mask",
     "channel_groups",
     "compute_mask",
     "constant_schedule",
@@ -129,6 +138,9 @@ __all__ = (
     "leaf_key",
     "ln_structured",
     "load_tree",
+    "matmul_input_axis",
+    "n_m_mask",
+    "n_m_valid",
     "one_shot",
     "one_shot_schedule",
     "path_str",

@@ -43,7 +43,7 @@ import numpy as np
 from jax import lax
 
 from ._amounts import Count, check_amount, count_add, count_int32, host_count, is_traced, prune_count
-from ._selection import select_lowest, sort_keys
+from ._selection import keeps_shapes, select_lowest, sort_keys
 from ._typing import Amount, Array, ArrayLike
 
 _HIGHEST = lax.Precision.HIGHEST  # float32 products (a GPU would otherwise use TF32)
@@ -112,19 +112,28 @@ def input_stats(inputs: ArrayLike, stats: InputStats | None = None, *, hessian: 
     if rows and _has_nan(x):
         raise ValueError(f"inputs of shape {x.shape} contain NaN: calibration inputs must be finite numbers")
     flat = x.reshape(rows, n_in)
-    sum_sq, gram = _batch_stats(flat, hessian)
     count = _as_device_count(host_count(rows))
     if stats is None:
+        sum_sq, gram = _accumulate(flat, None, None, hessian)
         return InputStats(count, sum_sq, gram)
-    new_gram = None if gram is None or stats.hessian is None else stats.hessian + gram
-    return InputStats(count_add(_as_device_count(stats.count), count), stats.sum_sq + sum_sq, new_gram)
+    sum_sq, gram = _accumulate(flat, stats.sum_sq, stats.hessian, hessian)
+    return InputStats(count_add(_as_device_count(stats.count), count), sum_sq, gram)
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _batch_stats(flat: Array, hessian: bool) -> tuple[Array, Array | None]:
-    sum_sq = jnp.sum(jnp.square(flat), axis=0)
-    gram = lax.dot_general(flat, flat, (((0,), (0,)), ((), ())), precision=_HIGHEST) if hessian else None
-    return sum_sq, gram
+@functools.partial(jax.jit, static_argnums=3)
+def _accumulate(
+    flat: Array, sum_sq: Array | None, gram: Array | None, hessian: bool
+) -> tuple[Array, Array | None]:
+    """The running sums plus this batch's, in one kernel (XLA adds the product
+    into its output; no intermediate ``X^T X``). Computing only the upper
+    triangle's tiles of ``X^T X`` cut its CPU time a little but not its wall
+    time on two cores when measured, so the product is whole."""
+    batch_sq = jnp.sum(jnp.square(flat), axis=0)
+    sum_sq = batch_sq if sum_sq is None else sum_sq + batch_sq
+    if not hessian:
+        return sum_sq, None
+    batch_gram = lax.dot_general(flat, flat, (((0,), (0,)), ((), ())), precision=_HIGHEST)
+    return sum_sq, batch_gram if gram is None else gram + batch_gram
 
 
 def _as_device_count(c: Count) -> Count:
@@ -251,13 +260,85 @@ def _amount_k(amount: Amount, units: int) -> int | Array:
 # --------------------------------------------------------------------------
 
 
-def _row_ranks(keys: Array) -> Array:
-    """Rank of each key within its row (last axis), ties by position: a stable sort."""
-    n = keys.shape[-1]
-    position = lax.broadcasted_iota(jnp.int32, keys.shape, keys.ndim - 1)
-    _, order = lax.sort((keys, position), dimension=keys.ndim - 1, num_keys=1, is_stable=True)
-    ranks = jnp.zeros(keys.shape, jnp.int32)
-    return jnp.put_along_axis(ranks, order, position, axis=-1, inplace=False) if n else ranks
+#: Rows per step of the per-row selection: about this many keys, which stay in cache for every count.
+_ROW_BLOCK_KEYS = 1 << 15
+
+
+def _lowest_per_row(keys: Array, k: int | Array) -> Array:
+    """Mark the ``k`` lowest keys of every row (last axis), ties by the lower
+    index: exact, without a sort.
+
+    Per row, a search for the smallest key ``T`` with ``count(keys <= T) >= k``
+    by counts: each step counts the keys at or below a guess, interpolated
+    between the bracket's keys and counts (every third step halves the
+    bracket, so the worst case stays a bisection's 32 steps). A row is done
+    when a guess counts exactly ``k`` (then no tie straddles it), or when the
+    bracket is one key (then the ties at ``T`` are cut by index). On smooth
+    score distributions the interpolation needs far fewer counts than a
+    bisection; benchmarks/bench_one_shot.py measures it against a sort.
+
+    With one CPU device, rows go in blocks of about ``_ROW_BLOCK_KEYS`` keys,
+    so that every count of a block reads it from cache. Otherwise (a sharded
+    kernel, a GPU) all rows go at once: each count is an elementwise map and a
+    per-row sum, which shard along the rows.
+    """
+    n_rows, n = keys.shape
+    if n_rows == 0 or n == 0:
+        return jnp.zeros(keys.shape, bool)
+    k = jnp.asarray(k, jnp.int32)
+    if keeps_shapes():
+        return _lowest_in_rows(keys, k)
+    block = max(1, min(n_rows, _ROW_BLOCK_KEYS // n))
+    steps = -(-n_rows // block)
+    padded = jnp.pad(keys, ((0, steps * block - n_rows), (0, 0)))  # equal keys: done at once
+
+    def body(i: Array, out: Array) -> Array:
+        rows = lax.dynamic_slice_in_dim(padded, i * block, block, axis=0)
+        return lax.dynamic_update_slice_in_dim(out, _lowest_in_rows(rows, k), i * block, axis=0)
+
+    out = lax.fori_loop(0, steps, body, jnp.zeros(padded.shape, bool))
+    return out[:n_rows]
+
+
+def _lowest_in_rows(keys: Array, k: Array) -> Array:
+    """:func:`_lowest_per_row` on one block of rows (all in one search)."""
+    n = keys.shape[1]
+    udt = keys.dtype
+
+    def count_le(t: Array) -> Array:
+        return jnp.sum(keys <= t[:, None], axis=1, dtype=jnp.int32)
+
+    def done(state: tuple[Array, ...]) -> Array:
+        _, lo, hi, _, c_hi = state
+        return (c_hi == k) | (lo == hi) | (k <= 0)
+
+    def step(state: tuple[Array, ...]) -> tuple[Array, ...]:
+        # Invariant: count(keys < lo) = c_lo < k <= c_hi = count(keys <= hi).
+        it, lo, hi, c_lo, c_hi = state
+        span = hi - lo
+        frac = (k - c_lo).astype(jnp.float32) / jnp.maximum(c_hi - c_lo, 1).astype(jnp.float32)
+        guess = jnp.clip(jnp.floor(frac * span.astype(jnp.float32)), 0, None).astype(udt)
+        offset = jnp.where(it % 3 == 2, span // 2, guess)
+        mid = lo + jnp.minimum(offset, jnp.maximum(span, 1) - 1)  # in [lo, hi): always progresses
+        c = count_le(mid)
+        active, enough = ~done(state), c >= k
+        up, down = active & ~enough, active & enough
+        return (it + 1, jnp.where(up, mid + 1, lo), jnp.where(down, mid, hi),
+                jnp.where(up, c, c_lo), jnp.where(down, c, c_hi))
+
+    rows = keys.shape[0]
+    start = (jnp.zeros((), jnp.int32), jnp.min(keys, axis=1), jnp.max(keys, axis=1),
+             jnp.zeros(rows, jnp.int32), jnp.full(rows, n, jnp.int32))
+    _, lo, hi, c_lo, c_hi = lax.while_loop(lambda s: jnp.any(~done(s)), step, start)
+    threshold = hi[:, None]
+
+    def cut_ties(_: None) -> Array:
+        tie = keys == threshold
+        order = jnp.cumsum(tie, axis=1, dtype=jnp.int32)
+        return (keys < threshold) | (tie & (order <= (k - c_lo)[:, None]))
+
+    prune = lax.cond(jnp.all((c_hi == k) | (k <= 0)), lambda _: keys <= threshold, cut_ties, None)
+    return prune & (k > 0)
 
 
 def _group_prune(scores: Array, n: int, m: int) -> Array:
@@ -270,9 +351,8 @@ def _group_prune(scores: Array, n: int, m: int) -> Array:
         earlier = jnp.arange(m)[None, :] < jnp.arange(m)[:, None]  # [j, i]: i before j
         earlier = earlier.reshape((1,) * (groups.ndim - 1) + (m, m))
         ranks = jnp.sum((b < a) | ((b == a) & earlier), axis=-1, dtype=jnp.int32)
-    else:
-        ranks = _row_ranks(groups)
-    return (ranks < m - n).reshape(scores.shape)
+        return (ranks < m - n).reshape(scores.shape)
+    return _lowest_per_row(groups.reshape(-1, m), m - n).reshape(scores.shape)
 
 
 # --------------------------------------------------------------------------
@@ -335,14 +415,18 @@ def _wanda(kernel: Array, sum_sq: Array, k: int | Array, *, in_axis: int, nm: tu
     if nm is not None:
         prune = _group_prune(scores, *nm)
     else:
-        prune = _row_ranks(sort_keys(scores)) < k
+        prune = _lowest_per_row(sort_keys(scores), k)
     return _from_rows(~prune, in_axis)
 
 
 def _has_nan(x: Array) -> bool:
-    """NaN in a concrete array (read on the host: inside a trace, jnp would
-    stage the check); False for a traced one, which cannot be checked."""
-    return not is_traced(x) and bool(np.isnan(np.asarray(x)).any())
+    """NaN in a concrete array (checked where it lives; only a bool comes
+    back), also inside a user's trace that closes over it; False for a traced
+    one, which cannot be checked."""
+    if is_traced(x):
+        return False
+    with jax.ensure_compile_time_eval():  # a concrete value inside a trace: evaluate, do not stage
+        return bool(jnp.isnan(x).any())
 
 
 def _check_finite(x: Array, what: str) -> None:
@@ -393,7 +477,8 @@ def sparsegpt(
       kernel: a 2-D matmul weight (the result has its dtype).
       inputs: calibration inputs ``(..., in)`` or :class:`InputStats` with a Hessian.
       amount: per block slab, the count or fraction of its entries to prune
-        (torch's counting; may be traced).
+        (torch's counting; may be traced). A count applies to every block, so
+        a shorter last block must hold it.
       in_axis: the kernel's input-features axis.
       nm: ``(n, m)`` instead of ``amount``: keep ``n`` of every ``m``
         consecutive inputs per output unit (``block_size`` a multiple of ``m``).
@@ -427,11 +512,18 @@ def sparsegpt(
     hess = jnp.asarray(stats.hessian)
     _check_finite(hess, "the inputs' Hessian entries")
     block = min(int(block_size), n_in)
-    full, rest = divmod(n_in, block)
+    rest = n_in % block
     k_full: int | Array = 0
     k_rest: int | Array = 0
     if amount is not None:
         k_full = _amount_k(amount, n_out * block)
+        checked = check_amount(amount)
+        if rest and checked.is_count and checked.concrete and int(checked.value) > n_out * rest:  # type: ignore[arg-type]
+            raise ValueError(
+                f"amount={amount} entries per block is more than the {n_out * rest} entries of the last block "
+                f"({n_in} inputs are not a multiple of block_size={block}): give a fraction, or a block_size "
+                "that divides the inputs"
+            )
         k_rest = _amount_k(amount, n_out * rest) if rest else 0
     new, keep, ok = _sparsegpt(
         k_arr, hess, k_full, k_rest, jnp.float32(damp), in_axis=in_axis, nm=nm, block=block,
@@ -476,10 +568,39 @@ def _upper_inverse_factor(h: Array) -> Array:
     ``h^-1 = (P L^-T P)(P L^-1 P)`` and ``P L^-1 P`` is upper triangular with
     a positive diagonal, hence the factor. NaN when ``h`` is not positive
     definite."""
-    n = h.shape[0]
-    lower = jnp.linalg.cholesky(h[::-1, ::-1])
-    inv = jax.scipy.linalg.solve_triangular(lower, jnp.eye(n, dtype=h.dtype), lower=True)
-    return jnp.triu(inv[::-1, ::-1])
+    return jnp.triu(_lower_inverse(_cholesky(h[::-1, ::-1]))[::-1, ::-1])
+
+
+#: Matrices up to this size are factored and inverted by LAPACK's routines;
+#: larger ones split in halves whose products are matmuls (XLA:CPU runs those
+#: on every core, LAPACK's Cholesky on one; a triangular solve against the
+#: identity would also cost three times a triangular inverse's flops).
+_FACTOR_BASE = 512
+
+
+def _cholesky(a: Array) -> Array:
+    """The lower Cholesky factor, by halves: ``L11 = chol(A11)``,
+    ``L21 = A21 L11^-T``, ``L22 = chol(A22 - L21 L21^T)``."""
+    n = a.shape[0]
+    if n <= _FACTOR_BASE:
+        return jnp.linalg.cholesky(a)
+    k = n // 2
+    l11 = _cholesky(a[:k, :k])
+    l21 = lax.linalg.triangular_solve(l11, a[k:, :k], left_side=False, lower=True, transpose_a=True)
+    l22 = _cholesky(a[k:, k:] - _dot(l21, l21.T))
+    return jnp.block([[l11, jnp.zeros((k, n - k), a.dtype)], [l21, l22]])
+
+
+def _lower_inverse(lower: Array) -> Array:
+    """``L^-1`` for a lower triangular ``L``, by halves:
+    ``[[X11, 0], [-X22 L21 X11, X22]]`` with ``X11, X22`` the halves' inverses."""
+    n = lower.shape[0]
+    if n <= _FACTOR_BASE:
+        return lax.linalg.triangular_solve(lower, jnp.eye(n, dtype=lower.dtype), left_side=True, lower=True)
+    k = n // 2
+    x11, x22 = _lower_inverse(lower[:k, :k]), _lower_inverse(lower[k:, k:])
+    x21 = -_dot(x22, _dot(lower[k:, :k], x11))
+    return jnp.block([[x11, jnp.zeros((k, n - k), lower.dtype)], [x21, x22]])
 
 
 def _sweep_layer(

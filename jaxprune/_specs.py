@@ -479,6 +479,9 @@ class GlobalUnstructured(_Entries):
 
     def __post_init__(self) -> None:
         check_amount(self.amount)
+        if isinstance(self.method, PruningMethod):  # an N:M or block pattern is per leaf: no global ranking
+            raise TypeError(f"GlobalUnstructured ranks entries across leaves by 'l1' or 'random'; {self.method!r} "
+                            "prunes each leaf by its own pattern: give it as the leaves' rule instead")
         if self.method not in ("l1", "random"):
             raise ValueError(f"GlobalUnstructured method must be 'l1' or 'random', got {self.method!r}")
 

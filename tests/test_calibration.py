@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import jaxprune as jp
+from jaxprune import _calibration, _selection
 from jaxprune._amounts import count_int
 
 
@@ -80,9 +81,9 @@ def test_input_stats_agrees_with_official_running_means() -> None:
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("in_axis", [0, 1, -1])
-@pytest.mark.parametrize(("amount", "nm"), [(0.5, None), (0.3, None), (37, None), (None, (2, 4)), (None, (1, 8)),
-                                            (None, (3, 32))])
+@pytest.mark.parametrize(("in_axis", "amount", "nm"), [
+    (0, 0.5, None), (1, 0.3, None), (-1, 37, None), (0, None, (2, 4)), (1, None, (1, 8)), (-2, None, (3, 32)),
+])
 def test_wanda_matches_the_official_algorithm(in_axis: int, amount: float | None, nm: tuple[int, int] | None) -> None:
     w, x = _layer(3, 48, 128, 40)
     scaler, _ = ref.stats(x)
@@ -94,8 +95,8 @@ def test_wanda_matches_the_official_algorithm(in_axis: int, amount: float | None
 
 def test_wanda_counts_and_nm_validity() -> None:
     w, x = _layer(4, 16, 64, 10)
-    keep = np.asarray(jp.wanda_mask(w, x, 0.35, in_axis=1))
-    assert (np.sum(~keep, axis=1) == round(0.35 * 64)).all()  # 22: the official int() prunes 22 too
+    keep = np.asarray(jp.wanda_mask(w, x, 0.34, in_axis=1))
+    assert (np.sum(~keep, axis=1) == 22).all()  # round(21.76); the official int(21.76) prunes 21
     keep = np.asarray(jp.wanda_mask(w, x, 0.3, in_axis=1))
     assert (np.sum(~keep, axis=1) == 19).all()  # round(19.2); the official int(19.2) is also 19
     keep = np.asarray(jp.wanda_mask(w, x, 0.5078125, in_axis=1))
@@ -111,6 +112,27 @@ def test_wanda_ties_prune_the_lower_index_first_and_nan_last() -> None:
     assert keep.tolist() == [[False, False, False, True, True, True], [True, False, True, False, True, False]]
     keep = jp.wanda_mask(kernel, stats, nm=(1, 3), in_axis=1)
     assert keep.tolist() == [[False, False, True, False, False, True], [False, False, True, False, True, False]]
+
+
+@pytest.mark.parametrize("keep_shapes", [False, True])
+def test_per_row_selection_equals_a_stable_sort(keep_shapes: bool) -> None:
+    """The search by counts marks the k lowest of each row exactly, ties and NaN included."""
+    rng = np.random.default_rng(17)
+    scores = rng.standard_normal((37, 300)).astype(np.float32)
+    scores[:12] = np.round(scores[:12] * 2)  # a few distinct values: ties straddle k
+    scores[12:15, ::7] = np.nan
+    scores[15] = 1.5  # one value
+    scores[16, :5] = [-0.0, 0.0, -0.0, np.inf, -np.inf]
+    select = jax.jit(_calibration._lowest_per_row)
+    with _selection.forced(keep_shapes=keep_shapes):
+        for k in (0, 1, 150, 299, 300):
+            expected = np.zeros(scores.shape, bool)
+            for r in range(scores.shape[0]):
+                key = [(np.isnan(v), 0.0 if np.isnan(v) else v, i) for i, v in enumerate(scores[r])]
+                for _, _, i in sorted(key)[:k]:
+                    expected[r, i] = True
+            got = np.asarray(select(_selection.sort_keys(jnp.asarray(scores)), k))
+            np.testing.assert_array_equal(got, expected, err_msg=f"k={k}")
 
 
 def test_wanda_traced_amount_does_not_retrace() -> None:
@@ -143,65 +165,75 @@ def test_wanda_spec_prunes_the_kernel() -> None:
 # --------------------------------------------------------------------------
 
 SPARSEGPT_CASES = [
-    # (n_out, n_in, amount, nm, block_size)
-    (32, 96, 0.5, None, 32),
-    (32, 100, 0.4, None, 32),  # a shorter last block (100 = 3 * 32 + 4)
-    (24, 80, 0.6, None, 128),  # one block, shorter than block_size
-    (32, 96, 300, None, 16),  # an int count per slab
-    (32, 96, None, (2, 4), 32),
-    (32, 120, None, (4, 8), 48),  # last block 24 (a multiple of m)
-    (16, 64, None, (1, 2), 16),
+    # (in_axis, n_out, n_in, amount, nm, block_size)
+    (1, 32, 96, 0.5, None, 32),
+    (0, 32, 100, 0.4, None, 32),  # a shorter last block (100 = 3 * 32 + 4)
+    (1, 24, 80, 0.6, None, 128),  # one block, shorter than block_size
+    (0, 32, 96, 300, None, 16),  # an int count per slab
+    (0, 32, 96, None, (2, 4), 32),
+    (1, 32, 120, None, (4, 8), 48),  # last block 24 (a multiple of m)
+    (0, 16, 64, None, (1, 2), 16),
 ]
 
 
-@pytest.mark.parametrize("in_axis", [0, 1])
-@pytest.mark.parametrize(("n_out", "n_in", "amount", "nm", "block"), SPARSEGPT_CASES)
+@pytest.mark.parametrize(("in_axis", "n_out", "n_in", "amount", "nm", "block"), SPARSEGPT_CASES)
 def test_sparsegpt_matches_the_official_algorithm(
     in_axis: int, n_out: int, n_in: int, amount: float | None, nm: tuple[int, int] | None, block: int
 ) -> None:
     w, x = _layer(7, n_out, n_in, 4 * n_in)
+    x[:, [5, n_in - 2]] = 0  # dead inputs: their weights become 0
     stats = jp.input_stats(x)
     expected_w, expected_prune = ref.sparsegpt(
         w, np.asarray(stats.hessian, np.float64), amount, nm, block, 0.01, flat_ties=in_axis == 0
     )
     new, keep = jp.sparsegpt(_kernel(w, in_axis), stats, amount, in_axis=in_axis, nm=nm, block_size=block)
     assert new.dtype == jnp.float32 and keep.shape == new.shape == _kernel(w, in_axis).shape
-    np.testing.assert_array_equal(~_rows(keep, in_axis), expected_prune)
-    new_rows = _rows(new, in_axis)
-    assert (new_rows[expected_prune] == 0).all()
-    scale = np.linalg.norm(expected_w)
-    assert np.linalg.norm(new_rows - expected_w) <= 1e-4 * scale
+    prune, new_rows = ~_rows(keep, in_axis), _rows(new, in_axis)
+    np.testing.assert_array_equal(prune, expected_prune)
+    assert (new_rows[prune] == 0).all() and (new_rows[:, [5, n_in - 2]] == 0).all()
+    assert np.linalg.norm(new_rows - expected_w) <= 1e-4 * np.linalg.norm(expected_w)
+    if nm is not None:  # exactly n kept of every m
+        assert (np.sum(~prune.reshape(n_out, -1, nm[1]), axis=-1) == nm[0]).all()
+    else:  # exactly round(amount * slab) per block (torch's count), the last block on its own size
+        starts = range(0, n_in, block)
+        counts = [int(prune[:, s : s + block].sum()) for s in starts]
+        sizes = [n_out * min(block, n_in - s) for s in starts]
+        assert counts == [amount if isinstance(amount, int) else round(amount * size) for size in sizes]
+
+
+def test_sparsegpt_slab_selection_by_radix_matches_the_reference() -> None:
+    """Slabs above the sort path's size (4096 entries: real layers) take the radix select."""
+    w, x = _layer(18, 32, 100, 400)
+    stats = jp.input_stats(x)
+    expected_w, expected_prune = ref.sparsegpt(w, np.asarray(stats.hessian, np.float64), 0.45, None, 32)
+    with _selection.forced(sort_max=0):
+        new, keep = jp.sparsegpt(w, stats, 0.45, in_axis=1, block_size=32)
+    np.testing.assert_array_equal(~np.asarray(keep), expected_prune)
+    assert np.linalg.norm(np.asarray(new) - expected_w) <= 1e-4 * np.linalg.norm(expected_w)
+
+
+def test_factor_by_halves_is_the_upper_cholesky_factor_of_the_inverse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above _FACTOR_BASE the factor is computed by halves (odd sizes too): torch's factor, to float32 precision."""
+    _, x = _layer(19, 1, 101, 400)
+    h = x.T.astype(np.float64) @ x + np.eye(101)
+    expected = np.linalg.cholesky(np.linalg.inv(h)).T
+    monkeypatch.setattr(_calibration, "_FACTOR_BASE", 30)  # 101 -> 50 + 51 -> 25 + 25 + 25 + 26
+    u = np.asarray(jax.jit(_calibration._upper_inverse_factor)(jnp.asarray(h, jnp.float32)), np.float64)
+    assert (np.tril(u, -1) == 0).all()
+    np.testing.assert_allclose(u, expected, atol=1e-5 * np.abs(expected).max())
+    not_positive = jnp.asarray(h, jnp.float32).at[60, 60].set(-1.0)
+    assert bool(jnp.isnan(jax.jit(_calibration._upper_inverse_factor)(not_positive)).any())
 
 
 def test_sparsegpt_official_stats_give_the_same_result() -> None:
     """H = 2/N X^T X (the official scale) or X^T X: the same masks and weights."""
-    w, x = _layer(8, 16, 48, 200)
+    w, x = _layer(8, 32, 96, 200)  # the shapes of the first case above: compiled once
     _, official = ref.stats(x)
-    a_new, a_keep = jp.sparsegpt(w, x, 0.5, in_axis=1, block_size=16)
-    stats = jp.InputStats(jp.input_stats(x).count, jnp.zeros(48), jnp.asarray(official, jnp.float32))
-    b_new, b_keep = jp.sparsegpt(w, stats, 0.5, in_axis=1, block_size=16)
+    a_new, a_keep = jp.sparsegpt(w, x, 0.5, in_axis=1, block_size=32)
+    stats = jp.InputStats(jp.input_stats(x).count, jnp.zeros(96), jnp.asarray(official, jnp.float32))
+    b_new, b_keep = jp.sparsegpt(w, stats, 0.5, in_axis=1, block_size=32)
     np.testing.assert_array_equal(a_keep, b_keep)
     np.testing.assert_allclose(a_new, b_new, rtol=1e-4, atol=1e-5)
-
-
-def test_sparsegpt_counts_per_block_and_nm_validity() -> None:
-    w, x = _layer(9, 8, 40, 100)
-    _, keep = jp.sparsegpt(w, x, 0.3, in_axis=1, block_size=16)
-    pruned = ~np.asarray(keep)
-    assert [int(pruned[:, s : s + 16].sum()) for s in (0, 16, 32)] == [round(0.3 * 128), round(0.3 * 128),
-                                                                          round(0.3 * 64)]
-    _, keep = jp.sparsegpt(w, x, nm=(2, 4), in_axis=1, block_size=8)
-    assert (np.asarray(keep).reshape(8, 10, 4).sum(axis=-1) == 2).all()
-
-
-def test_sparsegpt_dead_inputs_are_zero() -> None:
-    w, x = _layer(10, 8, 16, 64)
-    x[:, [3, 11]] = 0
-    new, keep = jp.sparsegpt(w, x, 0.25, in_axis=1, block_size=8)
-    assert (np.asarray(new)[:, [3, 11]] == 0).all()
-    expected_w, expected_prune = ref.sparsegpt(w, np.asarray(jp.input_stats(x).hessian, np.float64), 0.25, None, 8)
-    np.testing.assert_array_equal(~np.asarray(keep), expected_prune)
-    np.testing.assert_allclose(new, expected_w, atol=1e-4 * np.abs(expected_w).max())
 
 
 def test_sparsegpt_slab_ties_follow_the_kernel_flat_order() -> None:
@@ -215,12 +247,12 @@ def test_sparsegpt_slab_ties_follow_the_kernel_flat_order() -> None:
 
 
 def test_sparsegpt_traced_amount_and_jit() -> None:
-    w, x = _layer(11, 8, 32, 100)
+    w, x = _layer(11, 32, 96, 200)
     stats = jp.input_stats(x)
-    f = jax.jit(lambda a: jp.sparsegpt(w, stats, a, in_axis=1, block_size=16))
+    f = jax.jit(lambda a: jp.sparsegpt(w, stats, a, in_axis=1, block_size=32))
     for amount in (0.25, 0.5):
         new, keep = f(jnp.float32(amount))
-        e_new, e_keep = jp.sparsegpt(w, stats, amount, in_axis=1, block_size=16)
+        e_new, e_keep = jp.sparsegpt(w, stats, amount, in_axis=1, block_size=32)
         np.testing.assert_array_equal(keep, e_keep)
         np.testing.assert_allclose(new, e_new, rtol=1e-6, atol=1e-6)
     assert f._cache_size() == 1
@@ -234,17 +266,19 @@ def test_sparsegpt_keeps_the_kernel_dtype() -> None:
 
 
 def test_errors_order_sparsegpt_wanda_magnitude_on_outlier_features() -> None:
-    w, x = _layer(13, 64, 128, 512, outliers=6)
-    kernel = jnp.asarray(w.T)  # Flax layout
+    w, x = _layer(13, 32, 96, 384, outliers=5)
     stats = jp.input_stats(x)
-    for amount, nm in ((0.5, None), (None, (2, 4))):
-        gpt, _ = jp.sparsegpt(kernel, stats, amount, nm=nm, block_size=32)
-        wanda = jnp.where(jp.wanda_mask(kernel, stats, amount, nm=nm), kernel, 0)
+    # The layouts of the reference cases (0.5 on (out, in), 2:4 on (in, out)): their compilations are reused.
+    for amount, nm, in_axis in ((0.5, None, 1), (None, (2, 4), 0)):
+        kernel = jnp.asarray(_kernel(w, in_axis))
+        gpt, _ = jp.sparsegpt(kernel, stats, amount, nm=nm, in_axis=in_axis, block_size=32)
+        wanda = jnp.where(jp.wanda_mask(kernel, stats, amount, nm=nm, in_axis=in_axis), kernel, 0)
         if nm is None:
             magnitude = jnp.where(jp.l1_unstructured(kernel, amount), kernel, 0)
         else:  # magnitude N:M: Wanda's rule with equal input norms
-            magnitude = jnp.where(jp.wanda_mask(kernel, jp.input_stats(np.ones((1, 128))), nm=nm), kernel, 0)
-        errors = [float(jp.relative_error(kernel, new, stats)) for new in (gpt, wanda, magnitude)]
+            flat = jp.input_stats(np.ones((1, 96)), hessian=False)
+            magnitude = jnp.where(jp.wanda_mask(kernel, flat, nm=nm, in_axis=in_axis), kernel, 0)
+        errors = [float(jp.relative_error(kernel, new, stats, in_axis=in_axis)) for new in (gpt, wanda, magnitude)]
         assert errors[0] < errors[1] < errors[2], errors
         assert errors[2] > 2 * errors[1]  # the outliers make magnitude clearly worst
 
@@ -260,10 +294,10 @@ def test_relative_error_is_zero_without_output_and_exact_for_a_known_case() -> N
 
 
 def test_sparsegpt_spec() -> None:
-    w, x = _layer(14, 8, 32, 64)
+    w, x = _layer(14, 32, 96, 200)
     stats = jp.input_stats(x)
-    new, keep = jp.SparseGPT(0.5, block_size=16).prune(jnp.asarray(w), stats, in_axis=1)
-    e_new, e_keep = jp.sparsegpt(w, stats, 0.5, in_axis=1, block_size=16)
+    new, keep = jp.SparseGPT(0.5, block_size=32).prune(jnp.asarray(w), stats, in_axis=1)
+    e_new, e_keep = jp.sparsegpt(w, stats, 0.5, in_axis=1, block_size=32)
     np.testing.assert_array_equal(keep, e_keep)
     np.testing.assert_array_equal(new, e_new)
     assert {jp.SparseGPT(0.5), jp.SparseGPT(0.5)} == {jp.SparseGPT(amount=0.5)}
@@ -318,6 +352,8 @@ def test_bad_inputs() -> None:
         jp.input_stats(x, jp.input_stats(x, hessian=False))
     with pytest.raises(ValueError, match=r"block_size=6 must be a multiple of m=4"):
         jp.sparsegpt(w, x, nm=(2, 4), in_axis=1, block_size=6)
+    with pytest.raises(ValueError, match=r"amount=40 entries per block is more than the 32 entries of the last block"):
+        jp.sparsegpt(w, x, 40, in_axis=1, block_size=6)  # blocks of 6, 6 and 4 inputs (8 outputs)
     with pytest.raises(ValueError, match=r"block_size must be a positive int, got 0"):
         jp.SparseGPT(0.5, block_size=0)
     with pytest.raises(ValueError, match=r"damp must be a finite real >= 0 .* got -0.1"):

@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("file", metavar="FILE", help="checkpoint: .safetensors, .npz or .pt/.pth/.bin")
     _add_key(r)
     r.add_argument("--json", action="store_true", help="print a JSON document instead of the table")
+    r.add_argument("--nm", metavar="N:M[:axis=A]", help="also check N:M sparsity along axis A (default 1, torch's "
+                   "matmul input axis) of every tensor with that axis: '2:4 along axis 1: valid'")
+    r.add_argument("--block", metavar="BxB", help="also count the all-zero blocks of that shape in every tensor "
+                   "with as many dims")
 
     d = sub.add_parser("demo", help="gradual pruning of a CNN on scikit-learn's digits: table and plot",
                        description="Train a small Flax CNN on scikit-learn's digits dense and with jp.pruning "

@@ -17,6 +17,7 @@ import jaxprune as jp
 
 from .. import _state_dicts
 from .._files import atomic_outputs
+from .._patterns import n_m_violations, resolve_axis
 from .._plan import match_patterns
 from ._checkpoints import Checkpoint, checkpoint_writer, file_format, read_checkpoint, torch_module
 from ._errors import CliError
@@ -259,11 +260,26 @@ def _row(name: str, w: np.ndarray, rule: Rule | None, mask: np.ndarray | None, r
         dim = rule.spec.dim % w.ndim
         axes = tuple(d for d in range(w.ndim) if d != dim)
         unit, units_pruned, units_total = f"dim-{dim} slices", int((~np.any(mask, axis=axes)).sum()), w.shape[dim]
+    elif rule is not None and mask is not None and rule.spec.method.name == "block":
+        spec = cast(jp.BlockSparse, rule.spec.build())
+        unit, units_total = f"{'x'.join(map(str, spec.block))} blocks", spec.units(w.shape)
+        units_pruned = int(spec.pruned_units(jnp.asarray(mask)))
     else:
         unit, units_pruned, units_total = "entries", pruned, w.size
-    return {"name": name, "shape": list(w.shape), "dtype": str(w.dtype), "method": method, "unit": unit,
-            "units_pruned": units_pruned, "units_total": int(units_total), "pruned": pruned,
-            "size": int(w.size), "sparsity": pruned / w.size if w.size else 0.0}
+    row = {"name": name, "shape": list(w.shape), "dtype": str(w.dtype), "method": method, "unit": unit,
+           "units_pruned": units_pruned, "units_total": int(units_total), "pruned": pruned,
+           "size": int(w.size), "sparsity": pruned / w.size if w.size else 0.0}
+    if rule is not None and mask is not None and rule.spec.method.name == "nm":
+        row["pattern"] = n_m_note(cast(jp.NMSparse, rule.spec.build()), mask)
+    return row
+
+
+def n_m_note(spec: jp.NMSparse, mask: np.ndarray) -> str:
+    """``"2:4 along axis 1: valid"`` (or how many groups break it)."""
+    axis = resolve_axis(spec.axis, mask.shape)
+    bad = n_m_violations(mask, cast(int, spec.n), spec.m, axis=axis)
+    verdict = "valid" if not bad else f"{bad:,} groups keep more than {spec.n}"
+    return f"{spec.n}:{spec.m} along axis {axis}: {verdict}"
 
 
 def _document(args: argparse.Namespace, request: Request, weights: Weights, chosen: Mapping[str, Rule],
@@ -291,7 +307,9 @@ def show(doc: Mapping[str, Any]) -> None:
     rows = []
     for r in doc["tensors"]:
         units = f"{r['units_pruned']:,}/{r['units_total']:,} {r['unit']}" if r["method"] else "-"
-        rows.append([r["name"], fmt_shape(r["shape"]), r["dtype"], r["method"] or "-", units, f"{r['sparsity']:.2%}"])
+        method = r["method"] or "-"
+        method += f" ({r['pattern']})" if r.get("pattern") else ""
+        rows.append([r["name"], fmt_shape(r["shape"]), r["dtype"], method, units, f"{r['sparsity']:.2%}"])
     total = doc["total"]
     rows.append(["total", "", "", "", f"{total['pruned']:,}/{total['size']:,} entries", f"{total['sparsity']:.2%}"])
     print_table(header, rows, right={5})

@@ -35,6 +35,7 @@ class Method:
     structured: bool = False  # counts slices along dim, not entries
     random: bool = False  # draws from the seed's key
     global_ok: bool = False  # --global can rank it
+    positionals: tuple[str, ...] = ()  # integers right after the name (nm:N:M), instead of an amount
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -49,6 +50,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "the slices of lowest n-norm; N is a number, inf, -inf, fro or nuc",
            lambda a, o: jp.LnStructured(a, n=o["n"], dim=o.get("dim", -1)), options=("n", "dim"),
            required=("n",), structured=True),
+    Method("nm", "nm:N:M[:axis=A]",
+           "the N largest |w| of every M along axis A (an int, torch or flax; default 1)",
+           lambda a, o: jp.NMSparse(o["n"], o["m"], axis=o.get("axis", 1)), amount=False, options=("axis",),
+           positionals=("n", "m")),
+    Method("block", "block:AMOUNT:block=BxB[:reduce=R]",
+           "whole blocks (one extent per dim) of lowest l1 (default), l2 or max",
+           lambda a, o: jp.BlockSparse(a, o["block"], reduce=o.get("reduce", "l1")), options=("block", "reduce"),
+           required=("block",)),
     Method("identity", "identity", "prunes nothing (an all-True mask, as torch's)", lambda a, o: jp.Identity(),
            amount=False),
     Method("skip", "skip", "leave the tensors this pattern matches alone", lambda a, o: None, amount=False),
@@ -114,7 +123,42 @@ def _parse_dim(text: str) -> int:
     return int(text)
 
 
-_OPTION_PARSERS: dict[str, Callable[[str], Any]] = {"n": _parse_norm, "dim": _parse_dim}
+def _parse_axis(text: str) -> int | str:
+    low = text.strip().lower()
+    if low in ("torch", "flax"):
+        return low
+    if not _INT.fullmatch(low):
+        raise ValueError(f"axis={text!r} is not an integer, torch or flax")
+    return int(low)
+
+
+def parse_block(text: str) -> tuple[int, ...]:
+    parts = text.strip().lower().split("x")
+    if not all(_INT.fullmatch(p.strip()) for p in parts):
+        raise ValueError(f"block={text!r} is not a block shape such as 4x4 (one extent per dim, 1 = not blocked)")
+    return tuple(int(p) for p in parts)
+
+
+def _parse_reduce(text: str) -> str:
+    return text.strip().lower()
+
+
+_OPTION_PARSERS: dict[str, Callable[[str], Any]] = {
+    "n": _parse_norm, "dim": _parse_dim, "axis": _parse_axis, "block": parse_block, "reduce": _parse_reduce,
+}
+
+
+def _split_positionals(where: str, method: Method, rest: list[str]) -> tuple[dict[str, int], list[str]]:
+    """``nm:2:4``'s integers, in :attr:`Method.positionals` order."""
+    count = len(method.positionals)
+    given = [p.strip() for p in rest[:count]]
+    if len(given) < count or any("=" in p for p in given):
+        names = ":".join(p.upper() for p in method.positionals)
+        raise ValueError(f"{where}: {method.name} needs {names}, e.g. {method.name}:2:4")
+    for name, text in zip(method.positionals, given):
+        if not _INT.fullmatch(text):
+            raise ValueError(f"{where}: {name.upper()}={text!r} is not an integer")
+    return {name: int(text) for name, text in zip(method.positionals, given)}, rest[count:]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,8 +238,9 @@ def parse_spec(text: str, *, needs_amount: bool = True) -> Spec:
         known = ", ".join([*METHODS, *_ALIASES])
         raise ValueError(f"{where}: unknown method {parts[0].strip()!r} (known: {known})")
     method = METHODS[name]
-    amount, rest = _split_amount(where, method, parts[1:], needs_amount)
-    options = _parse_options(where, method, rest)
+    positional, rest = _split_positionals(where, method, parts[1:])
+    amount, rest = _split_amount(where, method, rest, needs_amount)
+    options = {**positional, **_parse_options(where, method, rest)}
     spec = Spec(text.strip(), method, amount, tuple(options.items()))
     if amount is not None or not method.amount:
         try:
