@@ -39,7 +39,7 @@ onto every device. The selection then keeps each array's shape: every pass is
 an elementwise map plus a reduction, which XLA partitions into per-shard work
 and one small all-reduce (a 65536-bin histogram per pass; for the tie cut, one
 count per row and one row of the last axis). Results get their input's
-sharding (``shard_alike``). The same path runs on GPUs (one scatter per pass
+sharding (:func:`like`). The same path runs on GPUs (one scatter per pass
 beats chunks there); with one CPU device the chunked path runs instead.
 """
 
@@ -69,15 +69,9 @@ from ._amounts import (
     count_true,
     host_count,
 )
+from ._sharding import CHAIN, check_chain, constrain
 from ._typing import Array
 
-try:  # where jax <= 0.10 exposes it
-    from jax.experimental.shard_alike import shard_alike
-except ImportError:  # later jax: the implementation module (no public name found yet)
-    try:
-        from jax._src.shard_alike import shard_alike
-    except ImportError:
-        shard_alike = None
 
 #: At most this many values in total take the stable-sort path (the default of
 #: :class:`Settings`).
@@ -115,6 +109,7 @@ class Settings:
     row_max: int = ROW_MAX
     host: bool = True
     host_max: int = HOST_MAX
+    sharding: tuple[str, ...] = CHAIN
 
 
 # A jit-cache-keyed context: a jitted function traced under other settings is
@@ -145,6 +140,8 @@ def forced(**changes: object) -> Iterator[Settings]:
     unknown = sorted(set(changes) - names)
     if unknown:
         raise TypeError(f"forced() got unknown settings {unknown}; expected some of {sorted(names)}")
+    if "sharding" in changes:
+        changes["sharding"] = check_chain(changes["sharding"])  # type: ignore[arg-type] - checked there
     new = dataclasses.replace(settings(), **changes)
     with _SETTINGS(new):
         yield new
@@ -285,9 +282,11 @@ def concatenates() -> bool:
 
 
 def like(x: Array, t: Array) -> Array:
-    """``x`` constrained to ``t``'s sharding (same shape) where arrays may be sharded."""
-    if shard_alike is not None and keeps_shapes() and x.shape == t.shape:
-        x, _ = shard_alike(x, t)
+    """``x`` with ``t``'s sharding (same shape) where arrays may be sharded:
+    traced or concrete, in auto or explicit sharding mode, on every supported
+    jax (the ways are in jaxprune/_sharding.py)."""
+    if keeps_shapes() and x.shape == t.shape:
+        return constrain(x, t, settings().sharding)
     return x
 
 
