@@ -351,7 +351,8 @@ def select_lowest(
     cs = [candidates[i] for i in nonempty]
     if sum(x.size for x in xs) <= settings().sort_max:
         flat = _select_by_sort([to_keys(jnp.ravel(x)) for x in xs], [_ravel(c) for c in cs], count_int32(k))
-        selected = [sel.reshape(x.shape) for sel, x in zip(flat, xs)]
+        # like(): the flat sort gathers; the masks go back to their scores' sharding
+        selected = [like(sel.reshape(x.shape), x) for sel, x in zip(flat, xs)]
     elif (len(xs) > 1 and concatenates() and sum(x.size for x in xs) <= settings().concat_max
           and len({_key_dtype(to_keys, x) for x in xs}) == 1):
         selected = _select_concatenated(xs, cs, k, to_keys, on_pass)
