@@ -72,7 +72,6 @@ from ._amounts import (
 from ._sharding import CHAIN, check_chain, constrain, explicit_sharding
 from ._typing import Array
 
-
 _R = TypeVar("_R")
 
 #: At most this many values in total take the stable-sort path (the default of
