@@ -377,7 +377,8 @@ def _in_auto_mode(
     shardings = [explicit_sharding(x) for x in scores]
     mesh = next(s for s in shardings if s is not None).mesh
     out_sharding = [_replicated(mesh) if s is None else s for s in shardings]
-    return jax.sharding.auto_axes(select, out_sharding=out_sharding)(list(scores), list(candidates), k)
+    auto = cast(Callable[..., list[Array]], jax.sharding.auto_axes(select, out_sharding=out_sharding))
+    return auto(list(scores), list(candidates), k)
 
 
 def _replicated(mesh: jax.sharding.AbstractMesh | jax.sharding.Mesh) -> jax.sharding.NamedSharding:
@@ -852,10 +853,8 @@ def _leaf_kernel(run: Callable[..., _R], args: tuple[object, ...], leaf: Array, 
     sharding = explicit_sharding(leaf)
     if sharding is None:
         return run(*args)
-    if replicated:
-        out = _replicated(sharding.mesh)
-        return jax.sharding.auto_axes(lambda *a: Count(*run(*a)), out_sharding=Count(out, out))(*args)
-    return jax.sharding.auto_axes(run, out_sharding=sharding)(*args)
+    auto = jax.sharding.auto_axes(run, out_sharding=_replicated(sharding.mesh) if replicated else sharding)
+    return cast(Callable[..., _R], auto)(*args)  # (jax's annotation of auto_axes is a decorator's)
 
 
 def select_lowest_by_leaf(
