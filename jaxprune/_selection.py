@@ -300,8 +300,9 @@ def placed(x: Array, t: object) -> Array:
 def like(x: Array, t: Array) -> Array:
     """``x`` with ``t``'s sharding (same shape) where arrays may be sharded:
     traced or concrete, in auto or explicit sharding mode, on every supported
-    jax (the ways are in jaxprune/_sharding.py)."""
-    if keeps_shapes() and x.shape == t.shape:
+    jax (the ways are in jaxprune/_sharding.py). An explicit-sharding type
+    is kept on one device too (it is part of the mask's type there)."""
+    if x.shape == t.shape and (keeps_shapes() or explicit_sharding(t) is not None):
         return constrain(x, t, settings().sharding)
     return x
 

@@ -158,3 +158,16 @@ def test_forced_checks_the_ways():
     with pytest.raises(TypeError, match=r"sharding must be a sequence of ways, got the string 'derive'"):
         with _selection.forced(sharding="derive"):
             pass
+
+
+def test_explicit_type_is_kept_on_one_device(references):
+    """With one device the selection does not keep shapes (the chunked path),
+    yet an explicit-sharding type is part of the mask's type: kept."""
+    mesh = jax.make_mesh((1,), ("a",), axis_types=(AxisType.Explicit,), devices=jax.devices()[:1])
+    with jax.set_mesh(mesh), _selection.forced(keep_shapes=False):
+        a = {name: jax.device_put(x, NamedSharding(mesh, P("a"))) for name, x in _inputs().items()}
+        for name in ("identity", "random-structured", "l1-ties"):
+            for how, f in (("eager", METHODS[name]), ("under jit", jax.jit(METHODS[name]))):
+                got = f(a)
+                np.testing.assert_array_equal(np.asarray(got), references[name][0], err_msg=f"{name} {how}")
+                assert jax.typeof(got).sharding.spec == jax.typeof(a["w"]).sharding.spec, (name, how, jax.typeof(got))
