@@ -16,15 +16,17 @@ that tests can take each way on one jax):
     placed alike).
 ``"shard_alike"``
     traced in auto mode, where jax ships ``jax.experimental.shard_alike``
-    (jax <= 0.10): XLA gives both the same sharding.
+    (older versions; README's table says which): XLA gives both the same
+    sharding.
 ``"derive"``
-    traced in auto mode without ``shard_alike`` (jax >= 0.11): nothing can
+    traced in auto mode without ``shard_alike`` (newer versions): nothing can
     be read from ``t``'s type, so ``x`` is made to depend elementwise on
     ``t`` with an expression that is always zero (``x ^ ((bits(t) >>
     (width - 1)) > 1)``): the bits of ``x`` are unchanged, and XLA's
     sharding propagation gives ``x`` the sharding of ``t``. The expression
     must not be one XLA simplifies away before propagating (``x & 0`` or
-    ``where(p, x, x)`` are, and then ``x`` came back replicated).
+    ``where(p, x, x)`` are: ``x`` then came back replicated, measured with
+    ``shard_alike`` switched off).
 
 What that means for a mask made inside a user's own ``jit`` in auto mode on a
 jax without ``shard_alike``: its sharding is XLA's propagation from the
@@ -33,10 +35,12 @@ there. To pin it, give the jit ``out_shardings`` or constrain the mask with
 ``jax.lax.with_sharding_constraint(mask, param.sharding)`` (or use explicit
 sharding, where the type says it).
 
->>> import jax.numpy as jnp
+>>> import jax, jax.numpy as jnp
 >>> x, t = jnp.array([True, False]), jnp.array([1.0, -2.0])
->>> constrain(x, t, ("derive",)).tolist()  # the same bits
+>>> jax.jit(lambda x, t: constrain(x, t, ("derive",)))(x, t).tolist()  # the same bits
 [True, False]
+>>> "xor" in str(jax.make_jaxpr(lambda x, t: constrain(x, t, ("derive",)))(x, t))
+True
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from jax import lax
 from ._amounts import is_traced
 from ._typing import Array
 
-try:  # jax <= 0.10 ships it; later versions do not
+try:  # older jax ships it; newer versions do not
     from jax.experimental.shard_alike import shard_alike as _shard_alike
 except ImportError:
     _shard_alike = None
