@@ -28,7 +28,7 @@ from jax import lax
 from . import _host
 from ._amounts import CheckedAmount, Count, as_count, check_amount, count_true, host_count, is_traced, prune_count
 from ._errors import NormOrderError, PruningShapeError
-from ._selection import like, magnitude_bits, magnitude_keys, select_lowest, settings, sort_keys
+from ._selection import like, magnitude_bits, magnitude_keys, placed, select_lowest, settings, sort_keys
 from ._typing import Amount, Array, ArrayLike, NormOrder, PRNGKey
 
 _T = TypeVar("_T", Array, np.ndarray)
@@ -381,7 +381,7 @@ def unstructured_mask(
 def _prune_entries(scores: Array, amount: CheckedAmount, default_mask: ArrayLike | None, absolute: bool) -> Array:
     mask = None if default_mask is None else as_mask(default_mask, scores.shape, "default_mask", scores)
     k = prune_count(amount, count_units(mask, scores.size))
-    return _keep_lowest_entries(scores, mask, as_k(k), absolute=absolute)
+    return placed(_keep_lowest_entries(scores, mask, as_k(k), absolute=absolute), scores)
 
 
 def _prune_entries_on_host(
@@ -472,7 +472,7 @@ def prune_slices(
     mask = None if default_mask is None else as_mask(default_mask, shape, "default_mask", t)
     alive = None if mask is None else alive_slices(mask, dim)
     k = prune_count(amount, count_units(alive, shape[dim]))
-    return _keep_lowest_slices(scores, mask, alive, as_k(k), shape, dim, t)
+    return placed(_keep_lowest_slices(scores, mask, alive, as_k(k), shape, dim, t), t)
 
 
 # --------------------------------------------------------------------------
@@ -490,7 +490,7 @@ def identity(t: ArrayLike) -> Array:
     if on_host(t):
         return host_result(np.ones(host_tensor(t).shape, bool), t)
     t = as_tensor(t)
-    return _all_kept(t)
+    return placed(_all_kept(t), t)
 
 
 @jax.jit
@@ -562,7 +562,7 @@ def random_unstructured(
     checked = check_amount(amount)
     mask = None if default_mask is None else as_mask(default_mask, t.shape, "default_mask", t)
     k = prune_count(checked, count_units(mask, t.size))
-    return _keep_lowest_random(key, t, mask, as_k(k))
+    return placed(_keep_lowest_random(key, t, mask, as_k(k)), t)
 
 
 def random_structured(

@@ -39,7 +39,7 @@ onto every device. The selection then keeps each array's shape: every pass is
 an elementwise map plus a reduction, which XLA partitions into per-shard work
 and one small all-reduce (a 65536-bin histogram per pass; for the tie cut, one
 count per row and one row of the last axis). Results get their input's
-sharding (``shard_alike``). The same path runs on GPUs (one scatter per pass
+sharding (:func:`like`). The same path runs on GPUs (one scatter per pass
 beats chunks there); with one CPU device the chunked path runs instead.
 """
 
@@ -49,7 +49,7 @@ import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Sequence
-from typing import cast
+from typing import TypeVar, cast
 
 import jax
 import jax.numpy as jnp
@@ -69,15 +69,10 @@ from ._amounts import (
     count_true,
     host_count,
 )
+from ._sharding import CHAIN, check_chain, constrain, explicit_sharding
 from ._typing import Array
 
-try:  # where jax <= 0.10 exposes it
-    from jax.experimental.shard_alike import shard_alike
-except ImportError:  # later jax: the implementation module (no public name found yet)
-    try:
-        from jax._src.shard_alike import shard_alike
-    except ImportError:
-        shard_alike = None
+_R = TypeVar("_R")
 
 #: At most this many values in total take the stable-sort path (the default of
 #: :class:`Settings`).
@@ -115,6 +110,7 @@ class Settings:
     row_max: int = ROW_MAX
     host: bool = True
     host_max: int = HOST_MAX
+    sharding: tuple[str, ...] = CHAIN
 
 
 # A jit-cache-keyed context: a jitted function traced under other settings is
@@ -145,6 +141,8 @@ def forced(**changes: object) -> Iterator[Settings]:
     unknown = sorted(set(changes) - names)
     if unknown:
         raise TypeError(f"forced() got unknown settings {unknown}; expected some of {sorted(names)}")
+    if "sharding" in changes:
+        changes["sharding"] = check_chain(changes["sharding"])  # type: ignore[arg-type] - checked there
     new = dataclasses.replace(settings(), **changes)
     with _SETTINGS(new):
         yield new
@@ -284,10 +282,28 @@ def concatenates() -> bool:
     return jax.device_count() == 1
 
 
+def placed(x: Array, t: object) -> Array:
+    """An eager result ``x`` placed as the concrete array ``t``:
+    ``jax.device_put`` where it is placed otherwise, whichever ways of the
+    chain ran inside (the API's boundary). Traced values pass unchanged.
+
+    >>> import jax.numpy as jnp
+    >>> t = jnp.ones(2)
+    >>> placed(jnp.zeros(2, bool), t).sharding == t.sharding
+    True
+    """
+    if x is None or not isinstance(t, jax.Array) or np.shape(x) != t.shape:
+        return x
+    return constrain(x, t, ("device_put",))
+
+
 def like(x: Array, t: Array) -> Array:
-    """``x`` constrained to ``t``'s sharding (same shape) where arrays may be sharded."""
-    if shard_alike is not None and keeps_shapes() and x.shape == t.shape:
-        x, _ = shard_alike(x, t)
+    """``x`` with ``t``'s sharding (same shape) where arrays may be sharded:
+    traced or concrete, in auto or explicit sharding mode, on every supported
+    jax (the ways are in jaxprune/_sharding.py). An explicit-sharding type
+    is kept on one device too (it is part of the mask's type there)."""
+    if x.shape == t.shape and (keeps_shapes() or explicit_sharding(t) is not None):
+        return constrain(x, t, settings().sharding)
     return x
 
 
@@ -323,6 +339,10 @@ def select_lowest(
       For each array, a bool array of its shape: True where selected.
     """
     k = as_count(k)
+    if any(explicit_sharding(x) is not None for x in scores):
+        return _in_auto_mode(
+            lambda xs, cs, k: select_lowest(xs, cs, k, to_keys=to_keys, on_pass=on_pass), scores, candidates, k
+        )
     out = [jnp.zeros(jnp.shape(x), bool) for x in scores]
     nonempty = [i for i, x in enumerate(scores) if jnp.size(x)]
     if not nonempty:
@@ -331,7 +351,8 @@ def select_lowest(
     cs = [candidates[i] for i in nonempty]
     if sum(x.size for x in xs) <= settings().sort_max:
         flat = _select_by_sort([to_keys(jnp.ravel(x)) for x in xs], [_ravel(c) for c in cs], count_int32(k))
-        selected = [sel.reshape(x.shape) for sel, x in zip(flat, xs)]
+        # like(): the flat sort gathers; the masks go back to their scores' sharding
+        selected = [like(sel.reshape(x.shape), x) for sel, x in zip(flat, xs)]
     elif (len(xs) > 1 and concatenates() and sum(x.size for x in xs) <= settings().concat_max
           and len({_key_dtype(to_keys, x) for x in xs}) == 1):
         selected = _select_concatenated(xs, cs, k, to_keys, on_pass)
@@ -340,6 +361,29 @@ def select_lowest(
     for i, sel in zip(nonempty, selected):
         out[i] = sel
     return out
+
+
+def _in_auto_mode(
+    select: Callable[[list[Array], list[Array | None], Count], list[Array]],
+    scores: Sequence[Array],
+    candidates: Sequence[Array | None],
+    k: Count,
+) -> list[Array]:
+    """``select(scores, candidates, k)`` with jax's explicit-sharding types
+    switched off inside (``jax.sharding.auto_axes``; every array it reads is
+    an argument: auto mode refuses explicit-typed values from outside), its
+    masks typed as their scores. Inside, XLA shards the passes as in auto
+    mode: explicit types would refuse a histogram scatter or a sort of
+    sharded values."""
+    shardings = [explicit_sharding(x) for x in scores]
+    mesh = next(s for s in shardings if s is not None).mesh
+    out_sharding = [_replicated(mesh) if s is None else s for s in shardings]
+    auto = cast(Callable[..., list[Array]], jax.sharding.auto_axes(select, out_sharding=out_sharding))
+    return auto(list(scores), list(candidates), k)
+
+
+def _replicated(mesh: jax.sharding.AbstractMesh | jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
 def radix_passes(sizes: Sequence[int], key_dtype: np.dtype) -> int:
@@ -759,13 +803,19 @@ class Ranking:
 def _leaf_histogram(
     source: Array, leaf: Array, cand: Array | None, prefix: Array, *, ranking: Ranking, shift: int
 ) -> Count:
-    return _histogram([ranking.values(source, leaf)], [cand], ranking.keys, shift, prefix)
+    def run(source: Array, leaf: Array, cand: Array | None, prefix: Array) -> Count:
+        return _histogram([ranking.values(source, leaf)], [cand], ranking.keys, shift, prefix)
+
+    return _leaf_kernel(run, (source, leaf, cand, prefix), leaf, replicated=True)
 
 
 @functools.partial(jax.jit, static_argnames=("ranking",))
 def _leaf_ties(source: Array, leaf: Array, cand: Array | None, threshold: Array, *, ranking: Ranking) -> Count:
-    keys = ranking.keys(ranking.values(source, leaf))
-    return count_true(_live(keys == threshold, cand))
+    def run(source: Array, leaf: Array, cand: Array | None, threshold: Array) -> Count:
+        keys = ranking.keys(ranking.values(source, leaf))
+        return count_true(_live(keys == threshold, cand))
+
+    return _leaf_kernel(run, (source, leaf, cand, threshold), leaf, replicated=True)
 
 
 @functools.partial(jax.jit, static_argnames=("ranking", "ties"))
@@ -782,14 +832,30 @@ def _leaf_keep(
     """The keep-mask of one leaf: prune keys below ``threshold`` and, of the
     keys equal to it, ``ties="all"``, ``"none"`` or ``"first"`` (the first
     ``remaining`` by position)."""
-    x = ranking.values(source, leaf)
-    if ties == "first":
-        selected = _tie_cut([x], [cand], ranking.keys, threshold, remaining)[0]
-    else:
-        keys = ranking.keys(x)
-        selected = _live(keys <= threshold if ties == "all" else keys < threshold, cand)
-    keep = ~selected if cand is None else cand & ~selected
-    return like(keep, leaf)
+
+    def run(source: Array, leaf: Array, cand: Array | None, threshold: Array, remaining: Count) -> Array:
+        x = ranking.values(source, leaf)
+        if ties == "first":
+            selected = _tie_cut([x], [cand], ranking.keys, threshold, remaining)[0]
+        else:
+            keys = ranking.keys(x)
+            selected = _live(keys <= threshold if ties == "all" else keys < threshold, cand)
+        keep = ~selected if cand is None else cand & ~selected
+        return like(keep, leaf)
+
+    return _leaf_kernel(run, (source, leaf, cand, threshold, remaining), leaf, replicated=False)
+
+
+def _leaf_kernel(run: Callable[..., _R], args: tuple[object, ...], leaf: Array, *, replicated: bool) -> _R:
+    """``run(*args)``; when ``leaf`` has an explicit-sharding type, in auto
+    mode inside (as :func:`_in_auto_mode`; every array it reads is an
+    argument: auto mode refuses explicit-typed values from outside), its
+    result typed replicated (counts) or as ``leaf`` (a mask)."""
+    sharding = explicit_sharding(leaf)
+    if sharding is None:
+        return run(*args)
+    auto = jax.sharding.auto_axes(run, out_sharding=_replicated(sharding.mesh) if replicated else sharding)
+    return cast(Callable[..., _R], auto)(*args)  # (jax's annotation of auto_axes is a decorator's)
 
 
 def select_lowest_by_leaf(
@@ -822,7 +888,7 @@ def select_lowest_by_leaf(
         selected = select_lowest(values, [candidates[i] for i in live], k, to_keys=ranking.keys)
         for i, sel in zip(live, selected):
             c = candidates[i]
-            out[i] = ~sel if c is None else c & ~sel
+            out[i] = placed(~sel if c is None else c & ~sel, leaves[i])
         return cast("list[Array]", out)
     value_dtype = jnp.uint32 if ranking.draws else sources[live[0]].dtype
     udt = jax.eval_shape(ranking.keys, jax.ShapeDtypeStruct((1,), value_dtype)).dtype
@@ -844,8 +910,8 @@ def select_lowest_by_leaf(
         else:
             n = count_int(_leaf_ties(sources[i], leaves[i], candidates[i], threshold, ranking=ranking))
             ties = "all" if n <= left else "first"
-        out[i] = _leaf_keep(sources[i], leaves[i], candidates[i], threshold, host_count(left), ranking=ranking,
-                            ties=ties)
+        out[i] = placed(_leaf_keep(sources[i], leaves[i], candidates[i], threshold, host_count(left),
+                                   ranking=ranking, ties=ties), leaves[i])
         if ties == "all" and remaining != tied:
             left -= n
         elif ties == "first":

@@ -29,6 +29,7 @@ from ._selection import (
     key_dtype,
     like,
     magnitude_dtype,
+    placed,
     radix_passes,
     select_lowest,
     select_lowest_by_leaf,
@@ -392,7 +393,7 @@ def _apply_one(mask: ArrayLike | None, param: ArrayLike | None, name: str) -> Ar
     if mask_arr.shape != param_arr.shape:
         raise PruningShapeError(f"a mask of shape {mask_arr.shape} does not fit a parameter of shape {param_arr.shape}")
     _methods.check_placement(mask_arr, param_arr, name)
-    return _masked(mask_arr, param_arr)
+    return placed(_masked(mask_arr, param_arr), param_arr)
 
 
 @jax.jit
