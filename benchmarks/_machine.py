@@ -1,9 +1,12 @@
-"""What the benchmark tables print about the machine they were measured on."""
+"""What the benchmark tables print about the machine they were measured on, and the timer they share."""
 
 from __future__ import annotations
 
 import os
 import platform
+import statistics
+import time
+from collections.abc import Callable
 
 
 def describe(**versions: str) -> str:
@@ -34,3 +37,14 @@ def reset_peak_rss() -> None:
     fork time)."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
+
+
+def median_time(fn: Callable[[], object], reps: int) -> float:
+    """The median of ``reps`` timed calls of ``fn``, after one untimed call (the compile, for jax)."""
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

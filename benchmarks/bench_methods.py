@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +30,7 @@ import torch.nn.utils.prune as prune
 
 import jaxprune as jp
 
-from _machine import describe, reset_peak_rss, status_bytes
+from _machine import describe, median_time, reset_peak_rss, status_bytes
 
 SIZES = {
     "conv": (512, 512, 3, 3),  # 2.36M
@@ -48,15 +47,6 @@ GLOBAL_TREE = [
     (4096, 16384), (4096, 4096), (1000, 4096),
 ]
 
-
-def median_time(fn: Callable[[], object], reps: int) -> float:
-    fn()  # warm-up (and compile, for jax)
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def bench_methods(sizes: list[str], reps: int) -> list[dict]:

@@ -22,27 +22,15 @@ Run: python benchmarks/bench_patterns.py [--reps 5] [--sizes 4096,8192]
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from _machine import describe
+from _machine import describe, median_time
 
 import jaxprune as jp
 
-
-def median_time(fn: Callable[[], object], reps: int) -> float:
-    fn()  # warm-up (and compile, for jax)
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def torch_n_m(w: torch.Tensor, n: int, m: int) -> torch.Tensor:

@@ -254,7 +254,7 @@ class _Reader:
         if rule is None and name in _WINDOWED:
             rule = _windowed
         if rule is None:
-            rule = _call if _inner_jaxpr(eqn) is not None else _unknown
+            rule = _call if inner_jaxpr(eqn) is not None else _unknown
         outs = rule(self, eqn, ins, shapes)
         if rule not in (_call, _scan, _while, _cond):  # their inner equations are in the program
             literals = [v.val if isinstance(v, Literal) else None for v in eqn.invars]
@@ -262,20 +262,20 @@ class _Reader:
         return outs
 
 
-def _inner_jaxpr(eqn: Any) -> Any:
+def inner_jaxpr(eqn: Any) -> Any:
     """The sub-jaxpr of a call-like primitive (jit, remat, custom_jvp/vjp, closed_call), or None."""
     for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
         inner = eqn.params.get(key)
         if inner is None:
             continue
-        inner_jaxpr = getattr(inner, "jaxpr", inner)
-        if len(inner_jaxpr.invars) == len(eqn.invars) and len(inner_jaxpr.outvars) == len(eqn.outvars):
+        jaxpr = getattr(inner, "jaxpr", inner)
+        if len(jaxpr.invars) == len(eqn.invars) and len(jaxpr.outvars) == len(eqn.outvars):
             return inner
     return None
 
 
 def _call(r: _Reader, eqn: Any, ins: list[int | None], shapes: list[tuple[int, ...]]) -> list[int]:
-    inner = _inner_jaxpr(eqn)
+    inner = inner_jaxpr(eqn)
     jaxpr = getattr(inner, "jaxpr", inner)
     outs = r.run(jaxpr, ins)
     return [vid if vid is not None else r.value(s) for vid, s in zip(outs, shapes, strict=True)]

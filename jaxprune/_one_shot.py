@@ -40,6 +40,7 @@ from jax import lax, tree_util
 from jax.extend.core import Literal
 
 from ._calibration import InputStats, SparseGPT, Wanda, input_stats, relative_error
+from ._groups import inner_jaxpr
 from ._one_shot_types import LayerReport, OneShotResult, reporter
 from ._plan import as_method, match_patterns
 from ._specs import PruningMethod
@@ -50,20 +51,6 @@ _CALIBRATED = (Wanda, SparseGPT)
 #: Primitives that pass a weight through unchanged (up to an axis permutation).
 _PASS = {"convert_element_type", "copy", "copy_p", "transpose"}
 _LOOPS = {"scan", "while", "cond"}
-
-
-def _inner_jaxpr(eqn: Any) -> Any:
-    """The sub-jaxpr of a call-like primitive (jit, remat, custom_jvp/vjp, closed_call), or None."""
-    if eqn.primitive.name in _LOOPS:  # their bodies run several times, or one of several
-        return None
-    for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
-        inner = eqn.params.get(key)
-        if inner is None:
-            continue
-        jaxpr = getattr(inner, "jaxpr", inner)
-        if len(jaxpr.invars) == len(eqn.invars) and len(jaxpr.outvars) == len(eqn.outvars):
-            return inner
-    return None
 
 
 # --------------------------------------------------------------------------
@@ -146,7 +133,7 @@ class _Reader:
             if name == "transpose":
                 o = _Origin(o.leaf, tuple(o.perm[a] for a in eqn.params["permutation"]))
             return [o], [top]
-        inner = _inner_jaxpr(eqn)
+        inner = _call_jaxpr(eqn)
         if inner is not None:
             return self.run(getattr(inner, "jaxpr", inner), origins, levels, here)
         if name == "dot_general":
@@ -216,6 +203,11 @@ class _Reader:
         return site
 
 
+def _call_jaxpr(eqn: Any) -> Any:
+    """The sub-jaxpr of a call (``inner_jaxpr``), never a loop's body: those run several times."""
+    return None if eqn.primitive.name in _LOOPS else inner_jaxpr(eqn)
+
+
 def _describe(use: _Site | str) -> str:
     return "a matmul weight" if isinstance(use, _Site) else use
 
@@ -251,7 +243,7 @@ def _evaluate(jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], where: tup
             if len(found) == len(want):
                 raise _Done
         if here in inside:
-            inner = _inner_jaxpr(eqn)
+            inner = _call_jaxpr(eqn)
             outs = _evaluate(getattr(inner, "jaxpr", inner), getattr(inner, "consts", ()), invals, here, want,
                              inside, found, ids)
         else:
