@@ -1,0 +1,321 @@
+"""Channel permutation for N:M sparsity: reorder a weight's input channels so N:M keeps more.
+
+N:M sparsity keeps the ``n`` largest of every ``m`` consecutive input
+channels (a "stripe" of ``m`` columns). Which channels share a stripe is an
+accident of the layer's layout; permuting the columns (and, in the model, the
+producer of those channels the same way, so the function is unchanged) lets
+large entries avoid competing in one stripe. This is Pool & Yu's channel
+permutation (NeurIPS 2021; NVIDIA ASP / apex ``permutation_lib``), written as
+one jitted program.
+
+The search (:func:`n_m_permutation`) improves stripe pairs: the stripes are
+paired by a round-robin (circle-method) schedule, so every round is ``S // 2``
+disjoint pairs of the ``S`` stripes; in each pair every way to split its
+``2m`` columns into two stripes is scored (``C(2m, m) / 2``: 3 for ``m = 2``,
+35 for ``m = 4``, 6435 for ``m = 8``; beyond ``m = 8`` only the ``m * m``
+single-column swaps), and every pair takes its best split when it is strictly
+better. The pairs of a round are disjoint, so all of them move at once. The
+search stops after a full cycle (``S - 1`` rounds, ``S`` when ``S`` is odd)
+without a move, or after ``max_rounds`` rounds.
+
+Exact and the same on every backend: the scores are rounded on the host to
+integers of ``QUANT_BITS`` bits relative to the largest score (a power-of-two
+scale, so the rounding is exact and backend-free), and the search sums them in
+integers (two 16-bit limbs), so no decision depends on the order of a float
+reduction and a move must gain at least one unit (it cannot cycle). A final
+float64 check on the host returns the identity if the result kept less.
+
+Work: one round scores ``rows * (S // 2) * K`` stripe candidates of ``m``
+entries each (``K = C(2m, m)``, 70 for 2:4), in row chunks of at most
+``_CHUNK_ELEMENTS`` candidates, so memory stays bounded; a full cycle is every
+stripe pair once, ``rows * S * (S - 1) / 2 * K`` candidates. For a 4096 x 4096
+2:4 layer that is about 1.5e8 candidates a round and 1023 rounds a cycle: on a
+CPU pass ``max_rounds`` (see ``benchmarks/bench_permute.py`` for measured
+times and how efficacy grows with rounds).
+
+>>> import numpy as np
+>>> w = np.array([[9.0, 8.0, 1.0, 0.5], [1.0, 0.5, 9.0, 8.0]])  # 1:2, stripes {0, 1} and {2, 3}
+>>> float(n_m_kept(w, 1, 2)), float(n_m_kept(w[:, n_m_permutation(w, 1, 2)], 1, 2))
+(18.0, 34.0)
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ._patterns import check_n_m
+from ._typing import Array, ArrayLike
+
+#: Bits the scores are rounded to (relative to the largest score) for the exact integer search.
+QUANT_BITS = 20
+_LIMB = 16  # sums are held as hi * 2**16 + lo
+_FULL_SPLIT_MAX_M = 8  # up to this m every split of a stripe pair is scored; beyond, single swaps
+_CHUNK_ELEMENTS = 1 << 22  # candidates (row x pair x subset) scored at once
+
+
+# --------------------------------------------------------------------------
+# Public functions
+# --------------------------------------------------------------------------
+
+
+def n_m_kept(scores: ArrayLike, n: int, m: int) -> Array:
+    """The total score N:M keeps: the ``n`` largest of every ``m`` consecutive columns, summed over rows.
+
+    Args:
+      scores: 2-D ``(rows, columns)`` importances (e.g. ``|W|`` with the
+        matmul's input axis last); ``columns`` a multiple of ``m``.
+      n: entries kept per stripe, ``0 <= n < m``.
+      m: the stripe (group) size.
+
+    Returns:
+      A float32 scalar (float16 / bfloat16 scores are summed in float32).
+
+    >>> import numpy as np
+    >>> float(n_m_kept(np.array([[1.0, 4.0, 2.0, 3.0], [5.0, 0.0, 0.0, 1.0]]), 2, 4))
+    13.0
+    """
+    n, m = check_n_m(n, m)
+    x = jnp.asarray(scores)
+    _check_shape(x.shape, x.dtype, m)
+    return _kept(x.astype(jnp.float32), n=n, m=m)
+
+
+def n_m_permutation(scores: ArrayLike, n: int, m: int, *, max_rounds: int | None = None) -> np.ndarray:
+    """A permutation of the columns of ``scores`` under which N:M keeps more (channel permutation).
+
+    Args:
+      scores: 2-D ``(rows, columns)`` non-negative importances (e.g. ``|W|``)
+        with the N:M groups along axis 1 (``m`` consecutive columns form a
+        stripe). Weights that share input channels are given as one matrix,
+        their rows stacked (a conv kernel as ``(out * kh * kw, in)``).
+        float16 / bfloat16 are read as float32.
+      n: entries kept per stripe, ``0 <= n < m`` (2 for 2:4).
+      m: the stripe size (4 for 2:4); ``columns`` must be a multiple of it.
+      max_rounds: stop after this many rounds (each round moves up to
+        ``columns // (2 * m)`` disjoint stripe pairs); None: run until a
+        full cycle of rounds moves nothing.
+
+    Returns:
+      An int64 NumPy array ``perm``: column ``j`` of ``scores[:, perm]`` is
+      column ``perm[j]`` of ``scores``. ``n_m_kept(scores[:, perm], n, m)`` is
+      never below the identity's (the identity is returned when nothing
+      improves), and the result is deterministic: no randomness, and the
+      search runs in exact integer arithmetic, so every backend returns the
+      same permutation.
+
+    Raises:
+      ValueError: ``scores`` not 2-D, columns not a multiple of ``m``,
+        negative, NaN or infinite scores; ``n`` / ``m`` as in
+        :func:`jaxprune.n_m_mask`.
+
+    >>> import numpy as np
+    >>> w = np.array([[4.0, 3.0, 0.1, 0.2], [0.1, 0.2, 4.0, 3.0]])  # 1:2: each stripe's two large entries compete
+    >>> perm = n_m_permutation(w, 1, 2)
+    >>> perm.tolist(), float(n_m_kept(w, 1, 2)), float(n_m_kept(w[:, perm], 1, 2))
+    ([0, 2, 1, 3], 8.0, 14.0)
+    """
+    n, m = check_n_m(n, m)
+    if max_rounds is not None and (isinstance(max_rounds, (bool, np.bool_))
+                                   or not isinstance(max_rounds, numbers.Integral) or max_rounds < 0):
+        raise ValueError(f"max_rounds must be None or an int >= 0, got {max_rounds!r}")
+    x = _host_scores(scores, m)
+    rows, cols = x.shape
+    identity = np.arange(cols, dtype=np.int64)
+    stripes = cols // m
+    if n == 0 or stripes < 2 or rows == 0 or max_rounds == 0 or not np.any(x):
+        return identity
+    if rows * n >= 1 << 26:
+        raise ValueError(f"scores has {rows} rows; the exact search supports rows * n < 2**26 (n={n}): "
+                         "search on a subset of the rows")
+    q = _quantize(x)
+    subsets, candidates = _candidate_table(m)
+    schedule = _round_robin(stripes)
+    per_round = schedule.shape[1]
+    chunk = _row_chunk(rows, n, per_round, len(subsets), m)
+    padded = -(-rows // chunk) * chunk
+    q = np.pad(q, ((0, padded - rows), (0, 0)))
+    limit = np.iinfo(np.int32).max if max_rounds is None else min(int(max_rounds), np.iinfo(np.int32).max)
+    perm = _search(jnp.asarray(q), jnp.asarray(schedule), jnp.asarray(subsets), jnp.asarray(candidates),
+                   jnp.asarray(limit, jnp.int32), n=n, m=m, chunk=chunk)
+    perm = np.asarray(perm).astype(np.int64)
+    if _kept_host(x[:, perm], n, m) < _kept_host(x, n, m):  # quantization cannot make it worse by more
+        return identity
+    return perm
+
+
+# --------------------------------------------------------------------------
+# Validation and host-side preparation
+# --------------------------------------------------------------------------
+
+
+def _check_shape(shape: tuple[int, ...], dtype: np.dtype, m: int) -> None:
+    if len(shape) != 2:
+        raise ValueError(f"scores must be 2-D (rows, columns) with the N:M groups along axis 1, got shape "
+                         f"{tuple(shape)}: stack the rows of weights that share input channels")
+    if shape[1] % m:
+        raise ValueError(f"scores has {shape[1]} columns (shape {tuple(shape)}), which is not a multiple of "
+                         f"m={m}: N:M stripes cover the columns exactly")
+    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+        raise TypeError(f"scores must be real numbers, got dtype {dtype}")
+
+
+def _host_scores(scores: ArrayLike, m: int) -> np.ndarray:
+    """``scores`` as a float64 NumPy array, checked: 2-D, columns a multiple of m, finite, >= 0."""
+    raw = np.asarray(scores)
+    _check_shape(raw.shape, raw.dtype, m)
+    x = raw.astype(np.float64)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise ValueError(f"scores must be finite, got {x[r, c]} at [{r}, {c}]")
+    if x.size and x.min() < 0:
+        r, c = np.unravel_index(int(np.argmin(x)), x.shape)
+        raise ValueError(f"scores must be non-negative importances (e.g. |W|), got {x[r, c]} at [{r}, {c}]")
+    return x
+
+
+def _quantize(x: np.ndarray) -> np.ndarray:
+    """Round down to integers below ``2**QUANT_BITS``, scaled by a power of two (exact in float64)."""
+    _, exponent = np.frexp(x.max())  # max < 2**exponent
+    return np.floor(np.ldexp(x, QUANT_BITS - int(exponent))).astype(np.int32)
+
+
+def _kept_host(x: np.ndarray, n: int, m: int) -> float:
+    rows, cols = x.shape
+    return float(np.sort(x.reshape(rows, cols // m, m), axis=-1)[..., m - n:].sum())
+
+
+@functools.cache
+def _candidate_table(m: int) -> tuple[np.ndarray, np.ndarray]:
+    """``subsets`` (K, m): column choices among a pair's 2m columns (first stripe's 0..m-1, second's m..2m-1);
+    ``candidates`` (J, 2): the two subsets that become the new stripes. Candidate 0 is the identity."""
+    if m <= _FULL_SPLIT_MAX_M:
+        combos = list(itertools.combinations(range(2 * m), m))  # (0..m-1) first
+        index = {c: i for i, c in enumerate(combos)}
+        full = frozenset(range(2 * m))
+        candidates = [(index[c], index[tuple(sorted(full - set(c)))]) for c in combos if 0 in c]
+        return np.array(combos, np.int32), np.array(candidates, np.int32)
+    first, second = list(range(m)), list(range(m, 2 * m))
+    subsets = [first, second]
+    for i in range(m):
+        for j in range(m, 2 * m):
+            a, b = first.copy(), second.copy()
+            a[i], b[j - m] = j, i
+            subsets += [a, b]
+    return np.array(subsets, np.int32), np.arange(len(subsets), dtype=np.int32).reshape(-1, 2)
+
+
+def _round_robin(stripes: int) -> np.ndarray:
+    """(rounds, pairs, 2): the circle method; every pair of stripes meets once per cycle of rounds."""
+    s = stripes + stripes % 2  # odd: a dummy stripe, whose partner sits the round out
+    ring = list(range(1, s))
+    rounds = []
+    for r in range(s - 1):
+        order = [0] + ring[r:] + ring[:r]
+        pairs = [(order[i], order[s - 1 - i]) for i in range(s // 2)]
+        rounds.append([p for p in pairs if max(p) < stripes])
+    return np.array(rounds, np.int32)
+
+
+def _row_chunk(rows: int, n: int, pairs: int, subsets: int, m: int) -> int:
+    """Rows scored at once: bounded memory, and a chunk's integer sum below 2**31."""
+    exact = (1 << (31 - QUANT_BITS)) // max(n, 1)  # chunk * n * 2**QUANT_BITS < 2**31
+    memory = max(1, _CHUNK_ELEMENTS // (pairs * subsets * m))
+    return max(1, min(rows, exact, memory))
+
+
+# --------------------------------------------------------------------------
+# The jitted search
+# --------------------------------------------------------------------------
+
+
+def _top_n_sum(values: list[Array], n: int) -> Array:
+    """The sum of the ``n`` largest of ``values`` (same-shape arrays), by bubble passes of min/max."""
+    m = len(values)
+    v = list(values)
+    largest = n <= m - n
+    passes = n if largest else m - n
+    picked = []
+    for p in range(passes):
+        for i in range(m - 1 - p):
+            lo, hi = jnp.minimum(v[i], v[i + 1]), jnp.maximum(v[i], v[i + 1])
+            v[i], v[i + 1] = (lo, hi) if largest else (hi, lo)
+        picked.append(v[m - 1 - p])
+    if largest:
+        return functools.reduce(jnp.add, picked) if picked else jnp.zeros_like(v[0])
+    return functools.reduce(jnp.add, v[: m - passes]) if m - passes else jnp.zeros_like(v[0])
+
+
+@functools.partial(jax.jit, static_argnames=("n", "m"))
+def _kept(x: Array, n: int, m: int) -> Array:
+    rows, cols = x.shape
+    g = x.reshape(rows, cols // m, m)
+    return jnp.sum(_top_n_sum([g[..., i] for i in range(m)], n), dtype=jnp.float32)
+
+
+def _split(s: Array) -> tuple[Array, Array]:
+    return s >> _LIMB, s & ((1 << _LIMB) - 1)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "m", "chunk"))
+def _search(q: Array, schedule: Array, subsets: Array, candidates: Array, limit: Array,
+            *, n: int, m: int, chunk: int) -> Array:
+    rows, cols = q.shape
+    rounds, pairs, _ = schedule.shape
+    chunks = rows // chunk
+    q_chunks = q.reshape(chunks, chunk, cols)
+
+    def pair_columns(perm: Array, pair: Array) -> Array:  # (pairs, 2m) original column ids
+        stripes = perm.reshape(-1, m)
+        return jnp.concatenate([stripes[pair[:, 0]], stripes[pair[:, 1]]], axis=1)
+
+    def subset_sums(columns: Array) -> tuple[Array, Array]:  # (pairs, K) exact sums, as (hi, lo)
+        members = columns[:, subsets]  # (pairs, K, m)
+
+        def body(c: int, acc: tuple[Array, Array]) -> tuple[Array, Array]:
+            block = q_chunks[c]  # (chunk, cols)
+            kept = _top_n_sum([block[:, members[..., i]] for i in range(m)], n)  # (chunk, pairs, K)
+            hi, lo = _split(jnp.sum(kept, axis=0, dtype=jnp.int32))
+            acc_hi, acc_lo = acc[0] + hi, acc[1] + lo
+            carry, acc_lo = _split(acc_lo)
+            return acc_hi + carry, acc_lo
+
+        zero = jnp.zeros(members.shape[:2], jnp.int32)
+        return lax.fori_loop(0, chunks, body, (zero, zero))
+
+    def best_split(hi: Array, lo: Array) -> Array:  # (pairs,) first candidate of the largest total
+        a, b = candidates[:, 0], candidates[:, 1]
+        c_hi, c_lo = _split(lo[:, a] + lo[:, b])
+        c_hi = c_hi + hi[:, a] + hi[:, b]
+        top = jnp.max(c_hi, axis=1, keepdims=True)
+        return jnp.argmax(jnp.where(c_hi == top, c_lo, -1), axis=1).astype(jnp.int32)
+
+    def step(state: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+        perm, r, idle = state
+        pair = schedule[r % rounds]
+        columns = pair_columns(perm, pair)
+        best = best_split(*subset_sums(columns))
+        chosen = subsets[candidates[best]].reshape(pairs, 2 * m)  # new order of each pair's 2m slots
+        moved = jnp.take_along_axis(columns, chosen, axis=1)
+        stripes = perm.reshape(-1, m)
+        stripes = stripes.at[pair[:, 0]].set(moved[:, :m]).at[pair[:, 1]].set(moved[:, m:])
+        # keep each stripe's columns in ascending original order (a canonical form: the same set, the same order)
+        stripes = jnp.sort(stripes, axis=1)
+        changed = jnp.any(best != 0)
+        return stripes.reshape(-1), r + 1, jnp.where(changed, 0, idle + 1)
+
+    def running(state: tuple[Array, Array, Array]) -> Array:
+        _, r, idle = state
+        return (r < limit) & (idle < rounds)
+
+    perm0 = jnp.arange(cols, dtype=jnp.int32)
+    perm, _, _ = lax.while_loop(running, step, (perm0, jnp.int32(0), jnp.int32(0)))
+    return perm
