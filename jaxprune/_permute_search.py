@@ -35,15 +35,15 @@ times and how efficacy grows with rounds).
 
 >>> import numpy as np
 >>> w = np.array([[9.0, 8.0, 1.0, 0.5], [1.0, 0.5, 9.0, 8.0]])  # 1:2, stripes {0, 1} and {2, 3}
->>> float(n_m_kept(w, 1, 2)), float(n_m_kept(w[:, n_m_permutation(w, 1, 2)], 1, 2))
-(18.0, 34.0)
+>>> perm = n_m_permutation(w, 1, 2)
+>>> perm.tolist(), float(n_m_kept(w, 1, 2)), float(n_m_kept(w[:, perm], 1, 2))
+([0, 2, 1, 3], 20.0, 34.0)
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-import math
 import numbers
 
 import jax
@@ -58,6 +58,8 @@ from ._typing import Array, ArrayLike
 QUANT_BITS = 20
 _LIMB = 16  # sums are held as hi * 2**16 + lo
 _FULL_SPLIT_MAX_M = 8  # up to this m every split of a stripe pair is scored; beyond, single swaps
+_TRIPLE_MAX_M = 4  # after the pairs converge, triples of stripes (5775 splits for m = 4) ...
+_TRIPLE_MAX_STRIPES = 32  # ... when the layer has at most this many stripes (every triple once a cycle)
 _CHUNK_ELEMENTS = 1 << 22  # candidates (row x pair x subset) scored at once
 
 
@@ -117,10 +119,10 @@ def n_m_permutation(scores: ArrayLike, n: int, m: int, *, max_rounds: int | None
         :func:`jaxprune.n_m_mask`.
 
     >>> import numpy as np
-    >>> w = np.array([[4.0, 3.0, 0.1, 0.2], [0.1, 0.2, 4.0, 3.0]])  # 1:2: each stripe's two large entries compete
+    >>> w = np.array([[4.0, 3.0, 0.0, 1.0], [0.0, 1.0, 4.0, 3.0]])  # 1:2: the large entries share a stripe
     >>> perm = n_m_permutation(w, 1, 2)
     >>> perm.tolist(), float(n_m_kept(w, 1, 2)), float(n_m_kept(w[:, perm], 1, 2))
-    ([0, 2, 1, 3], 8.0, 14.0)
+    ([0, 2, 1, 3], 10.0, 14.0)
     """
     n, m = check_n_m(n, m)
     if max_rounds is not None and (isinstance(max_rounds, (bool, np.bool_))
@@ -136,19 +138,35 @@ def n_m_permutation(scores: ArrayLike, n: int, m: int, *, max_rounds: int | None
         raise ValueError(f"scores has {rows} rows; the exact search supports rows * n < 2**26 (n={n}): "
                          "search on a subset of the rows")
     q = _quantize(x)
-    subsets, candidates = _candidate_table(m)
-    schedule = _round_robin(stripes)
-    per_round = schedule.shape[1]
-    chunk = _row_chunk(rows, n, per_round, len(subsets), m)
-    padded = -(-rows // chunk) * chunk
-    q = np.pad(q, ((0, padded - rows), (0, 0)))
-    limit = np.iinfo(np.int32).max if max_rounds is None else min(int(max_rounds), np.iinfo(np.int32).max)
-    perm = _search(jnp.asarray(q), jnp.asarray(schedule), jnp.asarray(subsets), jnp.asarray(candidates),
-                   jnp.asarray(limit, jnp.int32), n=n, m=m, chunk=chunk)
+    phases = [_round_robin(stripes)]
+    if m <= _TRIPLE_MAX_M and 3 <= stripes <= _TRIPLE_MAX_STRIPES:
+        phases.append(_triple_rounds(stripes))
+    budget = np.iinfo(np.int32).max if max_rounds is None else int(max_rounds)
+    perm = jnp.arange(cols, dtype=jnp.int32)
+    idle_phases = 0
+    while budget > 0 and idle_phases < len(phases):  # pairs, then triples, ... until neither moves
+        for schedule in phases:
+            before = perm
+            perm, ran = _run_phase(q, perm, schedule, n, m, min(budget, np.iinfo(np.int32).max))
+            budget -= ran
+            idle_phases = idle_phases + 1 if bool(jnp.all(perm == before)) else 1
+            if budget <= 0 or idle_phases >= len(phases):
+                break
     perm = np.asarray(perm).astype(np.int64)
     if _kept_host(x[:, perm], n, m) < _kept_host(x, n, m):  # quantization cannot make it worse by more
         return identity
     return perm
+
+
+def _run_phase(q: np.ndarray, perm: Array, schedule: np.ndarray, n: int, m: int, limit: int) -> tuple[Array, int]:
+    rows = q.shape[0]
+    subsets, candidates = _candidate_table(m, schedule.shape[2])
+    chunk = _row_chunk(rows, n, schedule.shape[1], len(subsets), m)
+    padded = -(-rows // chunk) * chunk
+    q = np.pad(q, ((0, padded - rows), (0, 0)))
+    perm, ran = _search(jnp.asarray(q), perm, jnp.asarray(schedule), jnp.asarray(subsets), jnp.asarray(candidates),
+                        jnp.asarray(limit, jnp.int32), n=n, m=m, chunk=chunk)
+    return perm, int(ran)
 
 
 # --------------------------------------------------------------------------
@@ -194,15 +212,28 @@ def _kept_host(x: np.ndarray, n: int, m: int) -> float:
 
 
 @functools.cache
-def _candidate_table(m: int) -> tuple[np.ndarray, np.ndarray]:
-    """``subsets`` (K, m): column choices among a pair's 2m columns (first stripe's 0..m-1, second's m..2m-1);
-    ``candidates`` (J, 2): the two subsets that become the new stripes. Candidate 0 is the identity."""
+def _candidate_table(m: int, g: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """``subsets`` (K, m): column choices among a group's ``g * m`` slots (stripe i holds slots
+    ``i*m .. i*m+m-1``); ``candidates`` (J, g): the subsets that become the group's new stripes, every
+    split of the slots into ``g`` unordered stripes (beyond ``_FULL_SPLIT_MAX_M``, pairs only: the
+    single-column swaps). Candidate 0 is the identity."""
     if m <= _FULL_SPLIT_MAX_M:
-        combos = list(itertools.combinations(range(2 * m), m))  # (0..m-1) first
+        combos = list(itertools.combinations(range(g * m), m))  # (0..m-1) first
         index = {c: i for i, c in enumerate(combos)}
-        full = frozenset(range(2 * m))
-        candidates = [(index[c], index[tuple(sorted(full - set(c)))]) for c in combos if 0 in c]
-        return np.array(combos, np.int32), np.array(candidates, np.int32)
+
+        def splits(left: tuple[int, ...]) -> list[list[int]]:  # the stripe holding the lowest slot first
+            if not left:
+                return [[]]
+            out = []
+            for rest in itertools.combinations(left[1:], m - 1):
+                stripe = (left[0], *rest)
+                remaining = tuple(i for i in left if i not in stripe)
+                out += [[index[stripe], *tail] for tail in splits(remaining)]
+            return out
+
+        return np.array(combos, np.int32), np.array(splits(tuple(range(g * m))), np.int32)
+    if g != 2:
+        raise ValueError(f"groups of {g} stripes need m <= {_FULL_SPLIT_MAX_M}, got m={m}")
     first, second = list(range(m)), list(range(m, 2 * m))
     subsets = [first, second]
     for i in range(m):
@@ -222,6 +253,27 @@ def _round_robin(stripes: int) -> np.ndarray:
         order = [0] + ring[r:] + ring[:r]
         pairs = [(order[i], order[s - 1 - i]) for i in range(s // 2)]
         rounds.append([p for p in pairs if max(p) < stripes])
+    return np.array(rounds, np.int32)
+
+
+def _triple_rounds(stripes: int) -> np.ndarray:
+    """(rounds, stripes // 3, 3): every triple of stripes once, packed first-fit into rounds of disjoint
+    triples; a round with fewer triples is padded with ``(stripes, stripes, stripes)``, a group that
+    never moves."""
+    todo = list(itertools.combinations(range(stripes), 3))
+    width = stripes // 3
+    rounds = []
+    while todo:
+        used: set[int] = set()
+        this, rest = [], []
+        for t in todo:
+            if len(this) < width and not used.intersection(t):
+                this.append(t)
+                used.update(t)
+            else:
+                rest.append(t)
+        rounds.append(this + [(stripes,) * 3] * (width - len(this)))
+        todo = rest
     return np.array(rounds, np.int32)
 
 
@@ -266,23 +318,26 @@ def _split(s: Array) -> tuple[Array, Array]:
 
 
 @functools.partial(jax.jit, static_argnames=("n", "m", "chunk"))
-def _search(q: Array, schedule: Array, subsets: Array, candidates: Array, limit: Array,
-            *, n: int, m: int, chunk: int) -> Array:
+def _search(q: Array, perm: Array, schedule: Array, subsets: Array, candidates: Array, limit: Array,
+            *, n: int, m: int, chunk: int) -> tuple[Array, Array]:
+    """Rounds of the schedule from ``perm`` until a full cycle moves nothing or ``limit`` rounds:
+    (the permutation, the rounds run)."""
     rows, cols = q.shape
-    rounds, pairs, _ = schedule.shape
+    stripes = cols // m
+    rounds, groups, g = schedule.shape
     chunks = rows // chunk
     q_chunks = q.reshape(chunks, chunk, cols)
 
-    def pair_columns(perm: Array, pair: Array) -> Array:  # (pairs, 2m) original column ids
-        stripes = perm.reshape(-1, m)
-        return jnp.concatenate([stripes[pair[:, 0]], stripes[pair[:, 1]]], axis=1)
+    def group_columns(perm: Array, group: Array) -> Array:  # (groups, g*m) original column ids
+        held = perm.reshape(stripes, m)
+        return jnp.concatenate([held[jnp.minimum(group[:, i], stripes - 1)] for i in range(g)], axis=1)
 
-    def subset_sums(columns: Array) -> tuple[Array, Array]:  # (pairs, K) exact sums, as (hi, lo)
-        members = columns[:, subsets]  # (pairs, K, m)
+    def subset_sums(columns: Array) -> tuple[Array, Array]:  # (groups, K) exact sums, as (hi, lo)
+        members = columns[:, subsets]  # (groups, K, m)
 
         def body(c: int, acc: tuple[Array, Array]) -> tuple[Array, Array]:
             block = q_chunks[c]  # (chunk, cols)
-            kept = _top_n_sum([block[:, members[..., i]] for i in range(m)], n)  # (chunk, pairs, K)
+            kept = _top_n_sum([block[:, members[..., i]] for i in range(m)], n)  # (chunk, groups, K)
             hi, lo = _split(jnp.sum(kept, axis=0, dtype=jnp.int32))
             acc_hi, acc_lo = acc[0] + hi, acc[1] + lo
             carry, acc_lo = _split(acc_lo)
@@ -291,31 +346,30 @@ def _search(q: Array, schedule: Array, subsets: Array, candidates: Array, limit:
         zero = jnp.zeros(members.shape[:2], jnp.int32)
         return lax.fori_loop(0, chunks, body, (zero, zero))
 
-    def best_split(hi: Array, lo: Array) -> Array:  # (pairs,) first candidate of the largest total
-        a, b = candidates[:, 0], candidates[:, 1]
-        c_hi, c_lo = _split(lo[:, a] + lo[:, b])
-        c_hi = c_hi + hi[:, a] + hi[:, b]
+    def best_split(hi: Array, lo: Array) -> Array:  # (groups,) the first candidate of the largest total
+        c_lo = functools.reduce(jnp.add, [lo[:, candidates[:, i]] for i in range(g)])
+        c_hi = functools.reduce(jnp.add, [hi[:, candidates[:, i]] for i in range(g)])
+        carry, c_lo = _split(c_lo)
+        c_hi = c_hi + carry
         top = jnp.max(c_hi, axis=1, keepdims=True)
         return jnp.argmax(jnp.where(c_hi == top, c_lo, -1), axis=1).astype(jnp.int32)
 
     def step(state: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
         perm, r, idle = state
-        pair = schedule[r % rounds]
-        columns = pair_columns(perm, pair)
-        best = best_split(*subset_sums(columns))
-        chosen = subsets[candidates[best]].reshape(pairs, 2 * m)  # new order of each pair's 2m slots
+        group = schedule[r % rounds]
+        columns = group_columns(perm, group)
+        best = jnp.where(group[:, 0] < stripes, best_split(*subset_sums(columns)), 0)  # padding never moves
+        chosen = subsets[candidates[best]].reshape(groups, g * m)  # each group's new order of its slots
         moved = jnp.take_along_axis(columns, chosen, axis=1)
-        stripes = perm.reshape(-1, m)
-        stripes = stripes.at[pair[:, 0]].set(moved[:, :m]).at[pair[:, 1]].set(moved[:, m:])
-        # keep each stripe's columns in ascending original order (a canonical form: the same set, the same order)
-        stripes = jnp.sort(stripes, axis=1)
-        changed = jnp.any(best != 0)
-        return stripes.reshape(-1), r + 1, jnp.where(changed, 0, idle + 1)
+        held = perm.reshape(stripes, m)
+        for i in range(g):
+            held = held.at[group[:, i]].set(moved[:, i * m:(i + 1) * m], mode="drop")
+        held = jnp.sort(held, axis=1)  # a stripe's columns in ascending order: one form per set
+        return held.reshape(-1), r + 1, jnp.where(jnp.any(best != 0), 0, idle + 1)
 
     def running(state: tuple[Array, Array, Array]) -> Array:
         _, r, idle = state
         return (r < limit) & (idle < rounds)
 
-    perm0 = jnp.arange(cols, dtype=jnp.int32)
-    perm, _, _ = lax.while_loop(running, step, (perm0, jnp.int32(0), jnp.int32(0)))
-    return perm
+    perm, ran, _ = lax.while_loop(running, step, (perm, jnp.int32(0), jnp.int32(0)))
+    return perm, ran
