@@ -5,18 +5,27 @@ channels (a "stripe" of ``m`` columns). Which channels share a stripe is an
 accident of the layer's layout; permuting the columns (and, in the model, the
 producer of those channels the same way, so the function is unchanged) lets
 large entries avoid competing in one stripe. This is Pool & Yu's channel
-permutation (NeurIPS 2021; NVIDIA ASP / apex ``permutation_lib``), written as
-one jitted program.
+permutation (NeurIPS 2021; NVIDIA ASP / apex ``permutation_lib``), as jitted
+programs (one ``lax.while_loop`` per phase below).
 
-The search (:func:`n_m_permutation`) improves stripe pairs: the stripes are
-paired by a round-robin (circle-method) schedule, so every round is ``S // 2``
-disjoint pairs of the ``S`` stripes; in each pair every way to split its
-``2m`` columns into two stripes is scored (``C(2m, m) / 2``: 3 for ``m = 2``,
-35 for ``m = 4``, 6435 for ``m = 8``; beyond ``m = 8`` only the ``m * m``
-single-column swaps), and every pair takes its best split when it is strictly
-better. The pairs of a round are disjoint, so all of them move at once. The
-search stops after a full cycle (``S - 1`` rounds, ``S`` when ``S`` is odd)
-without a move, or after ``max_rounds`` rounds.
+The search (:func:`n_m_permutation`) is a local search over groups of stripes,
+in rounds of disjoint groups that all move at once:
+
+1. Pairs. A round-robin (circle-method) schedule pairs the ``S`` stripes, so a
+   round is ``S // 2`` disjoint pairs and every pair meets once a cycle of
+   ``S - 1`` rounds (``S`` when ``S`` is odd). In each pair every split of
+   its ``2m`` columns into two stripes is scored (``C(2m, m) / 2``: 3 for
+   ``m = 2``, 35 for ``m = 4``, 6435 for ``m = 8``; beyond ``m = 8`` only the
+   ``m * m`` single-column swaps) and the pair takes its best split when it
+   is strictly better. The phase ends after a full cycle without a move.
+2. Triples (``m <= 4``), which escape many of the pairs' local optima (apex's
+   ``optimize_stripe_groups`` with 12 columns): every split of 3 stripes'
+   ``3m`` columns (5775 for 2:4). With at most ``_TRIPLE_MAX_STRIPES``
+   stripes a cycle visits every triple once; beyond, round ``t`` groups the
+   stripes three by three in the order of an integer hash of ``(stripe, t)``,
+   and the phase ends after ``2 * S`` rounds without a move.
+3. Back to 1 while 2 moved; the search stops when neither phase moves, or
+   after ``max_rounds`` rounds of either kind.
 
 Exact and the same on every backend: the scores are rounded on the host to
 integers of ``QUANT_BITS`` bits relative to the largest score (a power-of-two
@@ -25,13 +34,13 @@ integers (two 16-bit limbs), so no decision depends on the order of a float
 reduction and a move must gain at least one unit (it cannot cycle). A final
 float64 check on the host returns the identity if the result kept less.
 
-Work: one round scores ``rows * (S // 2) * K`` stripe candidates of ``m``
-entries each (``K = C(2m, m)``, 70 for 2:4), in row chunks of at most
-``_CHUNK_ELEMENTS`` candidates, so memory stays bounded; a full cycle is every
-stripe pair once, ``rows * S * (S - 1) / 2 * K`` candidates. For a 4096 x 4096
-2:4 layer that is about 1.5e8 candidates a round and 1023 rounds a cycle: on a
-CPU pass ``max_rounds`` (see ``benchmarks/bench_permute.py`` for measured
-times and how efficacy grows with rounds).
+Work: a pair round scores ``rows * (S // 2) * C(2m, m)`` candidate stripes of
+``m`` entries (70 per pair for 2:4), a triple round ``rows * (S // 3) *
+C(3m, m)`` (495 per triple), in row chunks of at most ``_CHUNK_ELEMENTS``
+candidates, so memory stays bounded. A pair cycle is every stripe pair once:
+for a 4096 x 4096 2:4 layer 1.5e8 candidates a round and 1023 rounds. On a
+CPU bound big layers with ``max_rounds`` (``benchmarks/bench_permute.py``
+measures time and efficacy against rounds).
 
 >>> import numpy as np
 >>> w = np.array([[9.0, 8.0, 1.0, 0.5], [1.0, 0.5, 9.0, 8.0]])  # 1:2, stripes {0, 1} and {2, 3}
@@ -101,9 +110,10 @@ def n_m_permutation(scores: ArrayLike, n: int, m: int, *, max_rounds: int | None
         float16 / bfloat16 are read as float32.
       n: entries kept per stripe, ``0 <= n < m`` (2 for 2:4).
       m: the stripe size (4 for 2:4); ``columns`` must be a multiple of it.
-      max_rounds: stop after this many rounds (each round moves up to
-        ``columns // (2 * m)`` disjoint stripe pairs); None: run until a
-        full cycle of rounds moves nothing.
+      max_rounds: stop after this many rounds (a round moves up to
+        ``columns // (2 * m)`` disjoint stripe pairs, or ``columns // (3 * m)``
+        triples); None: run until no pair or triple moves (see the module
+        docstring).
 
     Returns:
       An int64 NumPy array ``perm``: column ``j`` of ``scores[:, perm]`` is
@@ -138,17 +148,18 @@ def n_m_permutation(scores: ArrayLike, n: int, m: int, *, max_rounds: int | None
         raise ValueError(f"scores has {rows} rows; the exact search supports rows * n < 2**26 (n={n}): "
                          "search on a subset of the rows")
     q = _quantize(x)
-    phases = [_round_robin(stripes)]
-    if m <= _TRIPLE_MAX_M and 3 <= stripes <= _TRIPLE_MAX_STRIPES:
-        phases.append(_triple_rounds(stripes))
+    phases: list[np.ndarray | None] = [_round_robin(stripes)]  # None: hashed triples
+    if m <= _TRIPLE_MAX_M and stripes >= 3:
+        phases.append(_triple_rounds(stripes) if stripes <= _TRIPLE_MAX_STRIPES else None)
     budget = np.iinfo(np.int32).max if max_rounds is None else int(max_rounds)
     perm = jnp.arange(cols, dtype=jnp.int32)
-    idle_phases = 0
+    idle_phases, hashed_start = 0, 0
     while budget > 0 and idle_phases < len(phases):  # pairs, then triples, ... until neither moves
         for schedule in phases:
             before = perm
-            perm, ran = _run_phase(q, perm, schedule, n, m, min(budget, np.iinfo(np.int32).max))
+            perm, ran = _run_phase(q, perm, schedule, hashed_start, n, m, budget)
             budget -= ran
+            hashed_start += ran if schedule is None else 0
             idle_phases = idle_phases + 1 if bool(jnp.all(perm == before)) else 1
             if budget <= 0 or idle_phases >= len(phases):
                 break
@@ -158,15 +169,30 @@ def n_m_permutation(scores: ArrayLike, n: int, m: int, *, max_rounds: int | None
     return perm
 
 
-def _run_phase(q: np.ndarray, perm: Array, schedule: np.ndarray, n: int, m: int, limit: int) -> tuple[Array, int]:
-    rows = q.shape[0]
-    subsets, candidates = _candidate_table(m, schedule.shape[2])
-    chunk = _row_chunk(rows, n, schedule.shape[1], len(subsets), m)
+def _run_phase(q: np.ndarray, perm: Array, schedule: np.ndarray | None, start: int, n: int, m: int,
+               limit: int) -> tuple[Array, int]:
+    """Rounds from ``perm`` until ``limit`` rounds or an idle cycle: a table's rounds, or (None) hashed
+    triples from round ``start``, idle after ``_hashed_idle_rounds(stripes)`` rounds without a move."""
+    rows, cols = q.shape
+    stripes = cols // m
+    hashed = schedule is None
+    if schedule is None:
+        groups, idle = (stripes // 3, 3), _hashed_idle_rounds(stripes)
+        schedule = np.zeros((1, 1, 3), np.int32)
+    else:
+        groups, idle = schedule.shape[1:], schedule.shape[0]
+    subsets, _ = _candidate_table(m, groups[1])
+    chunk = _row_chunk(rows, n, groups[0], len(subsets), m)
     padded = -(-rows // chunk) * chunk
     q = np.pad(q, ((0, padded - rows), (0, 0)))
-    perm, ran = _search(jnp.asarray(q), perm, jnp.asarray(schedule), jnp.asarray(subsets), jnp.asarray(candidates),
-                        jnp.asarray(limit, jnp.int32), n=n, m=m, chunk=chunk)
+    perm, ran = _search(jnp.asarray(q), perm, jnp.asarray(schedule), jnp.asarray(start, jnp.uint32),
+                        jnp.asarray(min(limit, np.iinfo(np.int32).max), jnp.int32), jnp.asarray(idle, jnp.int32),
+                        n=n, m=m, chunk=chunk, hashed=hashed)
     return perm, int(ran)
+
+
+def _hashed_idle_rounds(stripes: int) -> int:
+    return 2 * stripes
 
 
 # --------------------------------------------------------------------------
@@ -313,18 +339,34 @@ def _kept(x: Array, n: int, m: int) -> Array:
     return jnp.sum(_top_n_sum([g[..., i] for i in range(m)], n), dtype=jnp.float32)
 
 
+def _hashed_triples(stripes: int, t: Array) -> Array:
+    """(stripes // 3, 3) disjoint triples: the stripes in the order of a 32-bit integer hash of
+    (stripe, t), three at a time. A bijective hash (distinct keys), integers only: the same on every
+    backend, and no random state."""
+    key = lax.iota(jnp.uint32, stripes) * jnp.uint32(0x9E3779B1) + t * jnp.uint32(0x85EBCA77)
+    key = (key ^ (key >> 15)) * jnp.uint32(0x2C1B3C6D)
+    key = (key ^ (key >> 12)) * jnp.uint32(0x297A2D39)
+    key = key ^ (key >> 15)
+    order = jnp.argsort(key, stable=True).astype(jnp.int32)
+    return order[: stripes // 3 * 3].reshape(-1, 3)
+
+
 def _split(s: Array) -> tuple[Array, Array]:
     return s >> _LIMB, s & ((1 << _LIMB) - 1)
 
 
-@functools.partial(jax.jit, static_argnames=("n", "m", "chunk"))
-def _search(q: Array, perm: Array, schedule: Array, subsets: Array, candidates: Array, limit: Array,
-            *, n: int, m: int, chunk: int) -> tuple[Array, Array]:
-    """Rounds of the schedule from ``perm`` until a full cycle moves nothing or ``limit`` rounds:
-    (the permutation, the rounds run)."""
+@functools.partial(jax.jit, static_argnames=("n", "m", "chunk", "hashed"))
+def _search(q: Array, perm: Array, schedule: Array, start: Array, limit: Array, idle_limit: Array,
+            *, n: int, m: int, chunk: int, hashed: bool) -> tuple[Array, Array]:
+    """Rounds from ``perm`` until ``idle_limit`` rounds in a row move nothing or ``limit`` rounds:
+    (the permutation, the rounds run). Round ``r`` takes ``schedule[r % len(schedule)]``, or with
+    ``hashed`` the triples of :func:`_hashed_triples` at ``start + r``."""
     rows, cols = q.shape
     stripes = cols // m
     rounds, groups, g = schedule.shape
+    if hashed:
+        groups, g = stripes // 3, 3
+    subsets, candidates = _candidate_table(m, g)  # constants of the program
     chunks = rows // chunk
     q_chunks = q.reshape(chunks, chunk, cols)
 
@@ -333,17 +375,15 @@ def _search(q: Array, perm: Array, schedule: Array, subsets: Array, candidates: 
         return jnp.concatenate([held[jnp.minimum(group[:, i], stripes - 1)] for i in range(g)], axis=1)
 
     def subset_sums(columns: Array) -> tuple[Array, Array]:  # (groups, K) exact sums, as (hi, lo)
-        members = columns[:, subsets]  # (groups, K, m)
-
         def body(c: int, acc: tuple[Array, Array]) -> tuple[Array, Array]:
-            block = q_chunks[c]  # (chunk, cols)
-            kept = _top_n_sum([block[:, members[..., i]] for i in range(m)], n)  # (chunk, groups, K)
-            hi, lo = _split(jnp.sum(kept, axis=0, dtype=jnp.int32))
+            block = q_chunks[c][:, columns.T]  # (chunk, g*m, groups)
+            kept = _top_n_sum([block[:, subsets[:, i]] for i in range(m)], n)  # (chunk, K, groups)
+            hi, lo = _split(jnp.sum(kept, axis=0, dtype=jnp.int32).T)
             acc_hi, acc_lo = acc[0] + hi, acc[1] + lo
             carry, acc_lo = _split(acc_lo)
             return acc_hi + carry, acc_lo
 
-        zero = jnp.zeros(members.shape[:2], jnp.int32)
+        zero = jnp.zeros((groups, len(subsets)), jnp.int32)
         return lax.fori_loop(0, chunks, body, (zero, zero))
 
     def best_split(hi: Array, lo: Array) -> Array:  # (groups,) the first candidate of the largest total
@@ -356,10 +396,10 @@ def _search(q: Array, perm: Array, schedule: Array, subsets: Array, candidates: 
 
     def step(state: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
         perm, r, idle = state
-        group = schedule[r % rounds]
+        group = _hashed_triples(stripes, start + r.astype(jnp.uint32)) if hashed else schedule[r % rounds]
         columns = group_columns(perm, group)
         best = jnp.where(group[:, 0] < stripes, best_split(*subset_sums(columns)), 0)  # padding never moves
-        chosen = subsets[candidates[best]].reshape(groups, g * m)  # each group's new order of its slots
+        chosen = jnp.asarray(subsets[candidates].reshape(-1, g * m))[best]  # each group's new order of its slots
         moved = jnp.take_along_axis(columns, chosen, axis=1)
         held = perm.reshape(stripes, m)
         for i in range(g):
@@ -369,7 +409,7 @@ def _search(q: Array, perm: Array, schedule: Array, subsets: Array, candidates: 
 
     def running(state: tuple[Array, Array, Array]) -> Array:
         _, r, idle = state
-        return (r < limit) & (idle < rounds)
+        return (r < limit) & (idle < idle_limit)
 
     perm, ran, _ = lax.while_loop(running, step, (perm, jnp.int32(0), jnp.int32(0)))
     return perm, ran
