@@ -36,8 +36,10 @@ float64 check on the host returns the identity if the result kept less.
 
 Work: a pair round scores ``rows * (S // 2) * C(2m, m)`` candidate stripes of
 ``m`` entries (70 per pair for 2:4), a triple round ``rows * (S // 3) *
-C(3m, m)`` (495 per triple), in row chunks of at most ``_CHUNK_ELEMENTS``
-candidates, so memory stays bounded. A pair cycle is every stripe pair once:
+C(3m, m)`` (495 per triple), in chunks of rows and groups that gather at
+most ``_CHUNK_ELEMENTS`` entries (about 16 MiB of int32), so memory stays
+bounded whatever the layer (one group's subsets at least: 12870 x 8 entries
+for 4:8 pairs). A pair cycle is every stripe pair once:
 for a 4096 x 4096 2:4 layer 1.5e8 candidates a round and 1023 rounds. On a
 CPU bound big layers with ``max_rounds`` (``benchmarks/bench_permute.py``
 measures time and efficacy against rounds).
@@ -69,7 +71,7 @@ _LIMB = 16  # sums are held as hi * 2**16 + lo
 _FULL_SPLIT_MAX_M = 8  # up to this m every split of a stripe pair is scored; beyond, single swaps
 _TRIPLE_MAX_M = 4  # after the pairs converge, triples of stripes (5775 splits for m = 4) ...
 _TRIPLE_MAX_STRIPES = 32  # ... when the layer has at most this many stripes (every triple once a cycle)
-_CHUNK_ELEMENTS = 1 << 22  # candidates (row x pair x subset) scored at once
+_CHUNK_ELEMENTS = 1 << 22  # entries gathered at once (row x group x subset x m): about 16 MiB of int32 each
 
 
 # --------------------------------------------------------------------------
@@ -144,8 +146,8 @@ def n_m_permutation(scores: ArrayLike, n: int, m: int, *, max_rounds: int | None
     stripes = cols // m
     if n == 0 or stripes < 2 or rows == 0 or max_rounds == 0 or not np.any(x):
         return identity
-    if rows * n >= 1 << 26:
-        raise ValueError(f"scores has {rows} rows; the exact search supports rows * n < 2**26 (n={n}): "
+    if rows * n >= 1 << 25:  # a triple's total, rows * n * 2**QUANT_BITS * 3, fits the two int32 limbs
+        raise ValueError(f"scores has {rows} rows; the exact search supports rows * n < 2**25 (n={n}): "
                          "search on a subset of the rows")
     q = _quantize(x)
     phases: list[np.ndarray | None] = [_round_robin(stripes)]  # None: hashed triples
@@ -182,12 +184,12 @@ def _run_phase(q: np.ndarray, perm: Array, schedule: np.ndarray | None, start: i
     else:
         groups, idle = schedule.shape[1:], schedule.shape[0]
     subsets, _ = _candidate_table(m, groups[1])
-    chunk = _row_chunk(rows, n, groups[0], len(subsets), m)
+    chunk, group_chunk = _chunks(rows, n, groups[0], len(subsets), m)
     padded = -(-rows // chunk) * chunk
     q = np.pad(q, ((0, padded - rows), (0, 0)))
     perm, ran = _search(jnp.asarray(q), perm, jnp.asarray(schedule), jnp.asarray(start, jnp.uint32),
                         jnp.asarray(min(limit, np.iinfo(np.int32).max), jnp.int32), jnp.asarray(idle, jnp.int32),
-                        n=n, m=m, chunk=chunk, hashed=hashed)
+                        n=n, m=m, chunk=chunk, group_chunk=group_chunk, hashed=hashed)
     return perm, int(ran)
 
 
@@ -303,11 +305,13 @@ def _triple_rounds(stripes: int) -> np.ndarray:
     return np.array(rounds, np.int32)
 
 
-def _row_chunk(rows: int, n: int, pairs: int, subsets: int, m: int) -> int:
-    """Rows scored at once: bounded memory, and a chunk's integer sum below 2**31."""
+def _chunks(rows: int, n: int, groups: int, subsets: int, m: int) -> tuple[int, int]:
+    """(rows, groups) scored at once: at most ``_CHUNK_ELEMENTS`` candidate stripes (more only when one
+    group's subsets exceed it), and a chunk's integer sum below 2**31."""
+    group_chunk = max(1, min(groups, _CHUNK_ELEMENTS // (subsets * m)))
     exact = (1 << (31 - QUANT_BITS)) // max(n, 1)  # chunk * n * 2**QUANT_BITS < 2**31
-    memory = max(1, _CHUNK_ELEMENTS // (pairs * subsets * m))
-    return max(1, min(rows, exact, memory))
+    memory = max(1, _CHUNK_ELEMENTS // (group_chunk * subsets * m))
+    return max(1, min(rows, exact, memory)), group_chunk
 
 
 # --------------------------------------------------------------------------
@@ -355,9 +359,9 @@ def _split(s: Array) -> tuple[Array, Array]:
     return s >> _LIMB, s & ((1 << _LIMB) - 1)
 
 
-@functools.partial(jax.jit, static_argnames=("n", "m", "chunk", "hashed"))
+@functools.partial(jax.jit, static_argnames=("n", "m", "chunk", "group_chunk", "hashed"))
 def _search(q: Array, perm: Array, schedule: Array, start: Array, limit: Array, idle_limit: Array,
-            *, n: int, m: int, chunk: int, hashed: bool) -> tuple[Array, Array]:
+            *, n: int, m: int, chunk: int, group_chunk: int, hashed: bool) -> tuple[Array, Array]:
     """Rounds from ``perm`` until ``idle_limit`` rounds in a row move nothing or ``limit`` rounds:
     (the permutation, the rounds run). Round ``r`` takes ``schedule[r % len(schedule)]``, or with
     ``hashed`` the triples of :func:`_hashed_triples` at ``start + r``."""
@@ -375,16 +379,22 @@ def _search(q: Array, perm: Array, schedule: Array, start: Array, limit: Array, 
         return jnp.concatenate([held[jnp.minimum(group[:, i], stripes - 1)] for i in range(g)], axis=1)
 
     def subset_sums(columns: Array) -> tuple[Array, Array]:  # (groups, K) exact sums, as (hi, lo)
-        def body(c: int, acc: tuple[Array, Array]) -> tuple[Array, Array]:
-            block = q_chunks[c][:, columns.T]  # (chunk, g*m, groups)
-            kept = _top_n_sum([block[:, subsets[:, i]] for i in range(m)], n)  # (chunk, K, groups)
-            hi, lo = _split(jnp.sum(kept, axis=0, dtype=jnp.int32).T)
-            acc_hi, acc_lo = acc[0] + hi, acc[1] + lo
-            carry, acc_lo = _split(acc_lo)
-            return acc_hi + carry, acc_lo
+        def one_block(cols_block: Array) -> tuple[Array, Array]:  # (group_chunk, g*m) -> (group_chunk, K)
+            def body(c: int, acc: tuple[Array, Array]) -> tuple[Array, Array]:
+                block = q_chunks[c][:, cols_block.T]  # (chunk, g*m, group_chunk)
+                kept = _top_n_sum([block[:, subsets[:, i]] for i in range(m)], n)  # (chunk, K, group_chunk)
+                hi, lo = _split(jnp.sum(kept, axis=0, dtype=jnp.int32).T)
+                acc_hi, acc_lo = acc[0] + hi, acc[1] + lo
+                carry, acc_lo = _split(acc_lo)
+                return acc_hi + carry, acc_lo
 
-        zero = jnp.zeros((groups, len(subsets)), jnp.int32)
-        return lax.fori_loop(0, chunks, body, (zero, zero))
+            zero = jnp.zeros((group_chunk, len(subsets)), jnp.int32)
+            return lax.fori_loop(0, chunks, body, (zero, zero))
+
+        blocks = -(-groups // group_chunk)
+        padded = jnp.pad(columns, ((0, blocks * group_chunk - groups), (0, 0)))
+        hi, lo = lax.map(one_block, padded.reshape(blocks, group_chunk, g * m))
+        return hi.reshape(-1, len(subsets))[:groups], lo.reshape(-1, len(subsets))[:groups]
 
     def best_split(hi: Array, lo: Array) -> Array:  # (groups,) the first candidate of the largest total
         c_lo = functools.reduce(jnp.add, [lo[:, candidates[:, i]] for i in range(g)])

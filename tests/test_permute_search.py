@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxprune._permute_search as ps
 from jaxprune._permute_search import _hashed_triples, n_m_kept, n_m_permutation
 
 # --------------------------------------------------------------------------
@@ -134,11 +135,19 @@ def test_valid_never_worse_deterministic(rows, cols, n, m):
 
 
 def test_improves_random_layers_and_half_precision_reads_as_float32():
-    x = np.abs(np.random.default_rng(5).standard_normal((32, 64))).astype(np.float32)
+    x = np.abs(np.random.default_rng(5).standard_normal((48, 64))).astype(np.float32)
     perm = n_m_permutation(x, 2, 4)
     assert kept_ref(x[:, perm], 2, 4) > kept_ref(x, 2, 4)
     xb = jnp.asarray(x, jnp.bfloat16)
     assert np.array_equal(n_m_permutation(xb, 2, 4), n_m_permutation(np.asarray(xb, np.float32), 2, 4))
+
+
+def test_chunks_of_rows_and_groups_give_the_same_search(monkeypatch):
+    x = np.random.default_rng(8).random((40, 64))
+    whole = n_m_permutation(x, 2, 4)
+    monkeypatch.setattr(ps, "_CHUNK_ELEMENTS", 1200)  # pairs: 4 of 8 groups and 1 row a chunk; triples: 1 and 1
+    assert ps._chunks(40, 2, 8, 70, 4) == (1, 4) and ps._chunks(40, 2, 5, 495, 4) == (1, 1)
+    assert np.array_equal(n_m_permutation(x, 2, 4), whole)
 
 
 def test_hashed_triples_are_disjoint_and_vary():
@@ -149,14 +158,14 @@ def test_hashed_triples_are_disjoint_and_vary():
 
 
 def test_max_rounds():
-    x = np.random.default_rng(6).random((16, 64))
+    x = np.random.default_rng(6).random((48, 64))
     assert np.array_equal(n_m_permutation(x, 2, 4, max_rounds=0), np.arange(64))
     one = n_m_permutation(x, 2, 4, max_rounds=1)
     check_perm(one, 64)
     assert kept_ref(x, 2, 4) < kept_ref(x[:, one], 2, 4) <= kept_ref(x[:, n_m_permutation(x, 2, 4)], 2, 4)
 
 
-@pytest.mark.parametrize("x", [np.ones((4, 16)), np.zeros((4, 16)), np.full((3, 16), 0.25)])
+@pytest.mark.parametrize("x", [np.ones((4, 16)), np.zeros((4, 16)), np.full((4, 16), 0.25)])
 def test_ties_keep_the_identity(x):
     assert np.array_equal(n_m_permutation(x, 2, 4), np.arange(16))
 
