@@ -40,6 +40,11 @@ from ._methods import random_unstructured as random_unstructured
 from ._methods import slice_norms as slice_norms
 from ._methods import structured_mask as structured_mask
 from ._methods import unstructured_mask as unstructured_mask
+from ._nm_model import GroupPermutation as GroupPermutation
+from ._nm_model import PermuteResult as PermuteResult
+from ._nm_model import n_m_axes as n_m_axes
+from ._nm_model import n_m_rules as n_m_rules
+from ._nm_model import permute_for_n_m as permute_for_n_m
 from ._one_shot import one_shot as one_shot
 from ._one_shot_types import LayerReport as LayerReport
 from ._one_shot_types import OneShotResult as OneShotResult
@@ -49,6 +54,8 @@ from ._patterns import block_mask as block_mask
 from ._patterns import matmul_input_axis as matmul_input_axis
 from ._patterns import n_m_mask as n_m_mask
 from ._patterns import n_m_valid as n_m_valid
+from ._permute_search import n_m_kept as n_m_kept
+from ._permute_search import n_m_permutation as n_m_permutation
 from ._report import SparsityReport as SparsityReport
 from ._report import sparsity_report as sparsity_report
 from ._rules import prune_tree as prune_tree
@@ -101,6 +108,7 @@ __all__ = (
     "CustomFromMask",
     "DroppedGroup",
     "GlobalUnstructured",
+    "GroupPermutation",
     "Identity",
     "InputStats",
     "KeyRequiredError",
@@ -111,6 +119,7 @@ __all__ = (
     "NMSparse",
     "NormOrderError",
     "OneShotResult",
+    "PermuteResult",
     "PolynomialSchedule",
     "PruningMethod",
     "PruningShapeError",
@@ -139,11 +148,16 @@ __all__ = (
     "ln_structured",
     "load_tree",
     "matmul_input_axis",
+    "n_m_axes",
+    "n_m_kept",
     "n_m_mask",
+    "n_m_permutation",
+    "n_m_rules",
     "n_m_valid",
     "one_shot",
     "one_shot_schedule",
     "path_str",
+    "permute_for_n_m",
     "polynomial_schedule",
     "prune_tree",
     "pruned_indices",

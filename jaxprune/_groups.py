@@ -191,6 +191,9 @@ _ELEMENTWISE = frozenset(
 )
 _REDUCTIONS = frozenset("reduce_sum reduce_max reduce_min reduce_prod reduce_and reduce_or reduce_xor".split())
 _ARG_REDUCTIONS = frozenset(("argmax", "argmin"))
+_REDUCTION_REASON = " over the channels (a mean, a norm's statistics, a softmax)"
+_CONTRACTION_REASON = "contracted with values that masking does not zero"
+_SCALE_REASON = "scaled by a constant that matches its size"
 _CUMULATIVE = frozenset("cumsum cumprod cummax cummin cumlogsumexp".split())
 _WINDOWED = frozenset(("reduce_window_sum", "reduce_window_max", "reduce_window_min", "reduce_window"))
 
@@ -312,7 +315,7 @@ def _reduction(r: _Reader, eqn: Any, ins: list[int | None], shapes: list[tuple[i
     if vid is None:
         return [r.value(shapes[0])]
     kept = tuple(f for d, f in enumerate(r.axes[vid]) if d not in axes)
-    reason = f"`{eqn.primitive.name}` over the channels (a mean, a norm's statistics, a softmax)"
+    reason = f"`{eqn.primitive.name}`{_REDUCTION_REASON}"
     r.atoms.inexact += [(a, reason) for d in axes for a in r.axes[vid][d]]
     return [r.value(shapes[0], kept)]
 
@@ -829,7 +832,7 @@ class _Exactness:
         zero = _union(zs[:2])
         for root in contracted:
             if zero is not None and root not in zero:  # None: _ALL
-                self.inexact.append((root, "contracted with values that masking does not zero"))
+                self.inexact.append((root, _CONTRACTION_REASON))
         if lhs not in self.param_view and rhs not in self.param_view:
             self.pair_contracted |= contracted
 
@@ -839,7 +842,7 @@ class _Exactness:
             n = self.r.atoms.size[root]
             for value in (n, math.sqrt(n), 1 / n, 1 / math.sqrt(n)):
                 if any(math.isclose(v, value, rel_tol=1e-6) for v in self.literals):
-                    reason = f"scaled by a constant that matches its size ({n}): removal would change it"
+                    reason = f"{_SCALE_REASON} ({n}): removal would change it"
                     self.inexact.append((root, reason))
                     break
 
@@ -911,7 +914,7 @@ def _positions(coords: np.ndarray, size: int) -> np.ndarray | None:
 # The public entry point.
 
 
-def _split_model(fn: Any, args: tuple[Any, ...]) -> tuple[Callable[..., Any], Any, tuple[Any, ...]]:
+def split_model(fn: Any, args: tuple[Any, ...]) -> tuple[Callable[..., Any], Any, tuple[Any, ...]]:
     """``(fn, params, args)`` for a plain function or an NNX module."""
     try:
         from flax import nnx
@@ -931,6 +934,23 @@ def _split_model(fn: Any, args: tuple[Any, ...]) -> tuple[Callable[..., Any], An
     if not args:
         raise TypeError("channel_groups(fn, params, *args): the params tree is missing")
     return fn, args[0], args[1:]
+
+
+def permutation_safe(reason: str) -> bool:
+    """Whether a group that is inexact for ``reason`` may still have its channels permuted.
+
+    Removing channels changes a sum, a mean or a norm's statistics over them, and the
+    constant ``1/sqrt(size)`` that attention scales by; permuting them (in every member
+    at once) changes none of these. Arg-reductions (an index) and cumulative operations
+    along the channels depend on the order.
+
+    >>> permutation_safe("`reduce_sum` over the channels (a mean, a norm's statistics, a softmax)")
+    True
+    >>> permutation_safe("`cumsum` along the channels")
+    False
+    """
+    return (reason.startswith("`reduce_") and reason.endswith(_REDUCTION_REASON)
+            or reason == _CONTRACTION_REASON or reason.startswith(_SCALE_REASON))
 
 
 def channel_groups(fn: Any, *args: Any, exact_only: bool = True, **kwargs: Any) -> ChannelGroups:
@@ -968,7 +988,7 @@ def channel_groups(fn: Any, *args: Any, exact_only: bool = True, **kwargs: Any) 
     >>> group.size, [(m.path, m.axis) for m in group.members]
     (8, [('w1', 1), ('w2', 0)])
     """
-    call, params, call_args = _split_model(fn, args)
+    call, params, call_args = split_model(fn, args)
     # Array keyword arguments are traced like the arguments; others (flags, sizes) stay Python values.
     arrays = {k: v for k, v in kwargs.items() if _is_array(v)}
     static = {k: v for k, v in kwargs.items() if k not in arrays}

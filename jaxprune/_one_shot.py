@@ -599,3 +599,56 @@ def _zero_stats(n_in: int) -> InputStats:
     shapes = jax.eval_shape(lambda: input_stats(jnp.zeros((1, n_in), jnp.float32)))
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
+
+
+# --------------------------------------------------------------------------
+# Matmul weights and their contracted axes (shared with the N:M helpers)
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MatmulUse:
+    """One use of a parameter as the weight of a matmul or a convolution.
+
+    Attributes:
+      in_axes: the parameter's contracted axes (for a convolution: its input
+        channel axis, then its spatial axes).
+      k_axis: the axis N:M groups run along: for a matmul, the contracted axis
+        paired with the input's innermost contracted axis (a ``Dense``
+        kernel's input axis; for ``LinearGeneral`` over ``(heads, head_dim)``,
+        ``head_dim``); for a convolution, the input channel axis.
+      conv: whether the use is a convolution.
+    """
+
+    in_axes: tuple[int, ...]
+    k_axis: int
+    conv: bool
+
+
+def matmul_uses(call: Callable[[Any, Any], Any], params: Any, batch: Any
+                ) -> dict[str, tuple[list[MatmulUse], list[str]]]:
+    """For every parameter used as a matmul or convolution weight by ``call(params, batch)``:
+    its uses as a weight, in the order of the jaxpr, and its other uses (described: an
+    embedding lookup of a tied weight, ...). Traced with shapes only: nothing runs.
+
+    >>> import jax, jax.numpy as jnp
+    >>> uses, other = matmul_uses(lambda p, x: x @ p["w"].T, {"w": jnp.ones((3, 5))}, jnp.ones((2, 5)))["w"]
+    >>> uses[0].k_axis, other
+    (1, [])
+    """
+    named, treedef = tree_util.tree_flatten_with_path(params)
+    paths = [path_str(p) for p, _ in named]
+    leaves = [x for _, x in named]
+    tracked = {i for i, x in enumerate(leaves) if np.ndim(x) >= 1}
+    _, reader = _trace(call, treedef, leaves, batch, tracked)
+    out: dict[str, tuple[list[MatmulUse], list[str]]] = {}
+    for site in reader.sites:
+        if site.conv is not None:
+            k_axis = site.in_axes[0]
+        else:
+            k_axis = site.in_axes[int(np.argmax(site.act_axes))]
+        out.setdefault(paths[site.leaf], ([], []))[0].append(MatmulUse(site.in_axes, k_axis, site.conv is not None))
+    for i, uses in reader.uses.items():
+        if paths[i] in out:
+            out[paths[i]][1].extend(u for u in uses if isinstance(u, str))
+    return out
