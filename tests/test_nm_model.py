@@ -103,7 +103,7 @@ def test_permuted_plain_model_computes_the_same_and_keeps_more(make: Any) -> Non
     assert math.isclose(after - before, gain, rel_tol=1e-3, abs_tol=1e-3)
 
 
-@pytest.mark.parametrize("make", CASES, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("make", [gm.cnn, gm.transformer], ids=lambda f: f.__name__)
 def test_nnx_module_is_permuted_in_place_like_its_state(make: Any) -> None:
     case = make()
     model = case.nnx_model()
