@@ -20,6 +20,7 @@ stacked magnitudes of the group's consumers.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -36,6 +37,8 @@ from ._patterns import NMSparse, check_n_m
 from ._permute_search import n_m_kept, n_m_permutation
 from ._plan import match_patterns
 from ._trees import path_str
+
+_logger = logging.getLogger("jaxprune")
 
 
 def _model(fn: Any, args: tuple[Any, ...], what: str, n_before: int
@@ -180,6 +183,18 @@ class PermuteResult(tuple):
         return self[1]
 
 
+def _reporter(progress: object) -> Callable[[GroupPermutation], None]:
+    if progress is True:
+        return lambda p: _logger.info("permute_for_n_m: %d channels, consumers %s: kept %.6g -> %.6g",
+                                      p.group.size, ", ".join(p.consumers), p.kept_before, p.kept_after)
+    if progress is None or progress is False:
+        return lambda _: None
+    if callable(progress):
+        return progress  # type: ignore[return-value]
+    raise TypeError(f"permute_for_n_m: progress must be None, a bool or a callable receiving each "
+                    f"GroupPermutation, got {progress!r}")
+
+
 def _slots(member: Member, m: int) -> list[int] | None:
     """The start of each of the member's slots when every slot's channels fill whole groups of m
     in channel order (``positions[:, j] == start_j + arange(size)``, ``start_j % m == 0``)."""
@@ -216,7 +231,8 @@ def _check_weights(weights: Any, paths: list[str]) -> set[str] | None:
 
 
 def permute_for_n_m(fn: Any, *args: Any, weights: str | Iterable[str] | None = None,
-                    max_rounds: int | None = None) -> PermuteResult:
+                    max_rounds: int | None = None,
+                    progress: bool | Callable[[GroupPermutation], None] | None = None) -> PermuteResult:
     """Permute channels so that N:M pruning keeps more magnitude; the model's function is unchanged.
 
     ``permute_for_n_m(fn, params, n, m, *args)`` for ``fn(params, *args)``, or
@@ -246,6 +262,11 @@ def permute_for_n_m(fn: Any, *args: Any, weights: str | Iterable[str] | None = N
       *args: ``params, n, m, *model_args`` (for a module: ``n, m, *model_args``).
       weights: path patterns of the weights that will be N:M-pruned.
       max_rounds: a bound on each search's rounds (see :func:`n_m_permutation`).
+        None searches until no move helps, which on a CPU can take long for
+        big groups (a transformer's residual stream has every block's q, k,
+        v and MLP input as rows): see the README's cost tables.
+      progress: True logs one line per searched group (logger ``"jaxprune"``,
+        INFO); a callable receives each :class:`GroupPermutation` as it is made.
 
     Returns:
       ``(new_params, permutations)``: the permuted parameters (same tree, shapes
@@ -266,6 +287,7 @@ def permute_for_n_m(fn: Any, *args: Any, weights: str | Iterable[str] | None = N
     """
     call, params, (n, m), model_args, module = _model(fn, args, "permute_for_n_m", 2)
     n, m = check_n_m(n, m)
+    report = _reporter(progress)
     if max_rounds is not None and (isinstance(max_rounds, bool) or not isinstance(max_rounds, int)
                                    or max_rounds < 0):
         raise ValueError(f"max_rounds must be None or an int >= 0, got {max_rounds!r}")
@@ -315,6 +337,7 @@ def permute_for_n_m(fn: Any, *args: Any, weights: str | Iterable[str] | None = N
         before = float(n_m_kept(stacked, n, m))
         after = float(n_m_kept(stacked[:, perm], n, m))
         searched.append(GroupPermutation(group, perm, tuple(mem.path for mem in users), before, after))
+        report(searched[-1])
         if not searched[-1].changed:
             continue
         for mem in group.members:

@@ -188,6 +188,19 @@ def test_interleaved_channels_are_skipped() -> None:
     assert any("do not fill whole groups of 4 along the N:M axis of 'w2'" in why for _, why in r.skipped)
 
 
+def test_progress_reports_each_searched_group(caplog: pytest.LogCaptureFixture) -> None:
+    case = gm.transformer()
+    seen: list[jp.GroupPermutation] = []
+    _, perms = jp.permute_for_n_m(case.fn, case.params, 2, 4, *case.args, progress=seen.append)
+    assert seen == list(perms)
+    with caplog.at_level("INFO", logger="jaxprune"):
+        jp.permute_for_n_m(case.fn, case.params, 2, 4, *case.args, progress=True)
+    lines = [r.getMessage() for r in caplog.records if r.name == "jaxprune"]
+    assert len(lines) == len(perms) and "consumers mlp2.kernel: kept" in lines[-1]
+    with pytest.raises(TypeError, match="progress must be None, a bool or a callable"):
+        jp.permute_for_n_m(case.fn, case.params, 2, 4, *case.args, progress="yes")
+
+
 def test_weights_selects_the_consumers() -> None:
     case = gm.transformer()
     _, perms = jp.permute_for_n_m(case.fn, case.params, 2, 4, *case.args, weights=["mlp2.kernel"])
