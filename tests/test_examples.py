@@ -48,7 +48,7 @@ def channel_table(out: str) -> list[list[str]]:
 
 
 def test_shrink_example_prunes_channels_shrinks_and_matches_the_cli():
-    out = run_example("shrink_digits.py", "--steps", "20")
+    out = run_example("shrink_digits.py", "--steps", "100")
     table = channel_table(out)
     assert table[0] == ["model", "conv widths", "params", "FLOPs (batch 450)", "inference time (batch 450)",
                         "test accuracy"]
@@ -69,12 +69,12 @@ def test_shrink_example_prunes_channels_shrinks_and_matches_the_cli():
         assert re.fullmatch(r"\d+\.\d\d%", r[5]), r
     assert rows["pruned + shrunk"][5] == rows["pruned, masked (before shrink)"][5]
     # `jaxprune demo --channels` runs the same demo: the same table, apart from the times.
-    cli = subprocess.run([sys.executable, "-m", "jaxprune", "demo", "--channels", "--steps", "20"],
+    cli = subprocess.run([sys.executable, "-m", "jaxprune", "demo", "--channels", "--steps", "100"],
                          capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr
     without_times = [[cell for i, cell in enumerate(row) if i != 4] for row in table]
     assert [[cell for i, cell in enumerate(row) if i != 4] for row in channel_table(cli.stdout)] == without_times
-    assert "[demo] training with jp.pruning over channel groups to 75% (20 steps)" in cli.stderr
+    assert "[demo] training with jp.pruning over channel groups to 75% (100 steps)" in cli.stderr
 
 
 def test_demo_channels_refuses_a_plot_and_too_few_steps_before_any_work():
