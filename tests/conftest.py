@@ -3,6 +3,8 @@
 The library must work for users who turn these on, so the tests run with them.
 """
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -57,7 +59,8 @@ MULTIDEVICE_TEST = "test_multidevice.py::test_multidevice_suite"
 
 def _multidevice_module(session):
     """tests/test_multidevice.py when its test is to run here (and would not be skipped), else None."""
-    if session.config.option.collectonly or jax.device_count() >= 8:
+    # Under pytest-xdist every worker collects every test: the one that runs it starts it.
+    if session.config.option.collectonly or jax.device_count() >= 8 or "PYTEST_XDIST_WORKER" in os.environ:
         return None
     for item in getattr(session, "items", []):
         if item.nodeid.endswith(MULTIDEVICE_TEST):
