@@ -43,10 +43,9 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import jaxprune as jp
-from jaxprune._one_shot_types import LayerReport, OneShotResult, reporter
+from jaxprune._one_shot_types import LayerReport, OneShotResult, pruned_fraction, reporter
 from jaxprune._plan import match_patterns
 from jaxprune._specs import PruningMethod
 
@@ -523,8 +522,7 @@ def _prune(t: _Target, report: Callable[[LayerReport], None], undo: _Undo) -> La
         error = float(jp.relative_error(kernel, new, t.stats, in_axis=t.in_axis))
     t.stats = None  # an (in, in) Hessian per layer adds up: kept no longer than needed
     undo.set_data(t.param, _view_like(t.dense, new))
-    kept = int(np.count_nonzero(np.asarray(mask)))
-    layer = LayerReport(t.name, t.spec, t.stage, 1.0 - kept / mask.size if mask.size else 0.0, error)
+    layer = LayerReport(t.name, t.spec, t.stage, pruned_fraction(mask), error)
     report(layer)
     return layer
 

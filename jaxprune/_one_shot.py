@@ -41,7 +41,7 @@ from jax.extend.core import Literal
 
 from ._calibration import InputStats, SparseGPT, Wanda, input_stats, relative_error
 from ._groups import inner_jaxpr
-from ._one_shot_types import LayerReport, OneShotResult, reporter
+from ._one_shot_types import LayerReport, OneShotResult, pruned_fraction, reporter
 from ._plan import as_method, match_patterns
 from ._specs import PruningMethod
 from ._trees import leaf_key, path_str
@@ -494,11 +494,11 @@ def one_shot(
 
     current = list(leaves)
     new_masks: dict[int, Array] = {}
-    reports: list[LayerReport] = []
+    reports: list[tuple[int, int, LayerReport]] = []  # (stage, leaf index, report): sorted by the first two
 
     def report(i: int, stage: int, mask: Array, error: float) -> None:
-        r = LayerReport(paths[i], specs[i], stage, float(1.0 - jnp.mean(mask)), error)
-        reports.append(r)
+        r = LayerReport(paths[i], specs[i], stage, pruned_fraction(mask), error)
+        reports.append((stage, i, r))
         report_to(r)
 
     # Parameters that are no matmul's weight need no inputs: pruned first, so
@@ -544,7 +544,7 @@ def one_shot(
         from flax import nnx
 
         nnx.update(module, new_params)
-    return OneShotResult(new_params, masks, sorted(reports, key=lambda r: (r.stage, paths.index(r.path))))
+    return OneShotResult(new_params, masks, [r for _, _, r in sorted(reports, key=lambda e: e[:2])])
 
 
 def _dtype(x: Any) -> np.dtype:

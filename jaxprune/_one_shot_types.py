@@ -7,8 +7,12 @@ Shared by :func:`jaxprune.one_shot` (Flax trees and NNX modules) and
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
+
+from ._amounts import count_int, count_true
+from ._typing import Array
 
 _logger = logging.getLogger("jaxprune")
 
@@ -74,6 +78,24 @@ class OneShotResult(tuple):
         rows = ["| layer | method | stage | sparsity | rel. error |", "|---|---|---|---|---|"]
         rows += [f"| {r.path} | {r.method} | {r.stage} | {r.sparsity:.2%} | {r.error:.4f} |" for r in self.layers]
         return "\n".join(rows)
+
+
+def pruned_fraction(mask: Array) -> float:
+    """The fraction of a keep-mask's entries that are False, from exact counts.
+
+    Both counts are Python ints (:func:`count_true`: exact beyond 2**32
+    entries) and the result is their one correctly rounded quotient, so it is
+    the float nearest the true fraction at any size (a float32 mean is not:
+    its sum stops counting at 2**24). An empty mask prunes nothing: 0.0.
+
+    >>> import jax.numpy as jnp
+    >>> pruned_fraction(jnp.array([True, False, False])) == 2 / 3
+    True
+    """
+    total = math.prod(mask.shape)
+    if total == 0:
+        return 0.0
+    return (total - count_int(count_true(mask))) / total
 
 
 def reporter(progress: bool | Callable[[LayerReport], None] | None) -> Callable[[LayerReport], None]:

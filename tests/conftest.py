@@ -3,6 +3,8 @@
 The library must work for users who turn these on, so the tests run with them.
 """
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -47,3 +49,32 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.path.name in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+
+
+# The 8-device session (tests/test_multidevice.py) starts as soon as the tests
+# to run are known, when its test is among them: it runs alongside this
+# session, and its test only waits for its result.
+MULTIDEVICE_TEST = "test_multidevice.py::test_multidevice_suite"
+
+
+def _multidevice_module(session):
+    """tests/test_multidevice.py when its test is to run here (and would not be skipped), else None."""
+    # Under pytest-xdist every worker collects every test: the one that runs it starts it.
+    if session.config.option.collectonly or jax.device_count() >= 8 or "PYTEST_XDIST_WORKER" in os.environ:
+        return None
+    for item in getattr(session, "items", []):
+        if item.nodeid.endswith(MULTIDEVICE_TEST):
+            return item.module
+    return None
+
+
+def pytest_collection_finish(session):
+    module = _multidevice_module(session)
+    if module is not None:
+        module.start()
+
+
+def pytest_sessionfinish(session):
+    module = _multidevice_module(session)
+    if module is not None:
+        module.stop()

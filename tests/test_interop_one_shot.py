@@ -318,6 +318,22 @@ def test_magnitude_rules_prune_any_parameter_with_errors_where_inputs_exist():
     assert [(layer.path, layer.stage) for layer in result.layers] == [("0.bias", -1), ("2.bias", -1), ("0.weight", 0)]
 
 
+def test_report_sparsity_is_the_exact_fraction_as_in_jp_one_shot():
+    """2 of 3 pruned is reported as the float nearest 2/3 (``1.0 - 1/3`` rounds
+    twice: 0.6666666666666667), as jp.one_shot reports it."""
+    net = mlp(widths=(16, 3))
+    with torch.no_grad():
+        net[0].bias.copy_(torch.tensor([3.0, 1.0, 2.0]))
+    result = interop.one_shot(net, batches(), {"0.bias": jp.L1Unstructured(2)})
+    np.testing.assert_array_equal(np_of(result.masks["0.bias"]), [True, False, False])
+    (layer,) = result.layers
+    assert layer.sparsity == 2 / 3 and type(layer.sparsity) is float
+    params = {"w": jnp.ones((16, 3)), "b": jnp.array([3.0, 1.0, 2.0])}
+    flax = jp.one_shot(lambda p, x: x @ p["w"] + p["b"][None], params, [jnp.ones((2, 16))],
+                       {"b": jp.L1Unstructured(2)})
+    assert flax.layers[0].sparsity == layer.sparsity
+
+
 def test_global_magnitude_rules_group_by_pattern_as_prune_module():
     net, data = mlp(widths=(16, 32, 8, 4)), batches()
     twin = copy.deepcopy(net)
@@ -404,7 +420,7 @@ def assert_same_as_flax(torch_net: nn.Module, torch_result: Any, flax_result: An
     assert [(flax_name(r.path), r.method, r.stage) for r in torch_result.layers] == \
         [(r.path, r.method, r.stage) for r in flax_result.layers]
     for ours, theirs in zip(torch_result.layers, flax_result.layers):
-        assert ours.sparsity == pytest.approx(theirs.sparsity, abs=1e-6)
+        assert ours.sparsity == theirs.sparsity  # both exact counts of equal masks
         assert ours.error == pytest.approx(theirs.error, rel=1e-3, abs=1e-6) or math.isnan(ours.error)
 
 

@@ -237,6 +237,61 @@ def test_results_are_reproducible_and_random_methods_draw_from_the_key(mlp_case)
         jp.one_shot(mlp, params, batches, rules)
 
 
+def test_report_sparsity_is_the_exact_fraction_of_pruned_entries(mlp_case):
+    """2 of 3 pruned is reported as the float nearest 2/3 (a float32 mean gives
+    0.6666666865...), and 48 of 192 as exactly 0.25."""
+    params, batches = mlp_case
+    result = jp.one_shot(mlp, {**params, "b": jnp.array([3.0, 1.0, 2.0])}, batches,
+                         {"b": jp.L1Unstructured(2), "w2": jp.L1Unstructured(48)})
+    np.testing.assert_array_equal(result.masks["b"], [True, False, False])
+    by_path = {r.path: r.sparsity for r in result.layers}
+    assert by_path == {"b": 2 / 3, "w2": 0.25}
+    assert all(type(s) is float for s in by_path.values())
+
+
+def test_pruned_fraction_counts_exactly_beyond_float32(monkeypatch):
+    from jaxprune import _amounts, _one_shot_types
+
+    # One pruned entry of 2**24 + 1: a float32 mean of the mask rounds the kept
+    # fraction to 1.0 (sparsity 0.0).
+    mask = jnp.ones(2**24 + 1, bool).at[12345].set(False)
+    assert _one_shot_types.pruned_fraction(mask) == 1 / (2**24 + 1)
+    assert float(1.0 - jnp.mean(mask)) == 0.0  # the float32 mean this replaces
+    assert _one_shot_types.pruned_fraction(jnp.zeros((0, 3), bool)) == 0.0  # nothing to prune
+    # Beyond 2**32 entries (too big to build here): the counts stay exact Python ints.
+    seen = []
+
+    def big_count(m):
+        seen.append(m.shape)
+        return _amounts.host_count(2**32 + 7)
+
+    class Shape:
+        shape = (2**17, 2**17)
+
+    monkeypatch.setattr(_one_shot_types, "count_true", big_count)
+    assert _one_shot_types.pruned_fraction(Shape()) == (2**34 - 2**32 - 7) / 2**34
+    assert seen == [(2**17, 2**17)]
+
+
+def test_reports_are_in_leaf_order_within_a_stage_even_when_paths_print_alike():
+    """Leaves 0 ({"a": {"b"}}) and 1 ({"a.b"}) both print as "a.b"; their
+    matmuls run in the other order. Reports follow the leaves."""
+
+    def model(p, x):
+        return jnp.concatenate([x @ p["a.b"], x @ p["a"]["b"]], axis=-1)
+
+    params = {"a": {"b": _normal(1, (8, 4))}, "a.b": _normal(2, (8, 6))}
+    assert [jp.path_str(k) for k, _ in jax.tree_util.tree_leaves_with_path(params)] == ["a.b", "a.b"]
+
+    def rules(path, leaf):
+        return jp.Wanda(0.25) if leaf.shape == (8, 4) else jp.Wanda(0.5)
+
+    result = jp.one_shot(model, params, [_normal(3, (16, 8))], rules)
+    assert [(r.path, r.method, r.stage) for r in result.layers] == [("a.b", jp.Wanda(0.25), 0),
+                                                                    ("a.b", jp.Wanda(0.5), 0)]
+    assert [r.sparsity for r in result.layers] == [0.25, 0.5]
+
+
 # --------------------------------------------------------------------------
 # Bad input
 # --------------------------------------------------------------------------

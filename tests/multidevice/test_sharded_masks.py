@@ -27,6 +27,12 @@ LAYOUTS = [
     ((4, 2), P("a", "b")), ((4, 2), P(None, "b")),
     ((2, 4), P("b", "a")), ((2, 4), P()),
 ]
+# Each layout runs half the methods (a compilation per method and layout is most
+# of this file's time): every method runs on three layouts, rows, columns and
+# both axes among them, of all three meshes: group 0 on rows (8x1), columns
+# (4x2) and both axes transposed (2x4); group 1 on columns (8x1), both axes
+# (4x2) and replicated (2x4). A method's group is its place in _methods() mod 2.
+LAYOUT_GROUP = [0, 1, 1, 0, 0, 1]
 KEY = jax.random.key(7)
 
 
@@ -81,12 +87,27 @@ def _collectives(hlo: str) -> list[tuple[str, int]]:
     return found
 
 
-@pytest.mark.parametrize(("mesh_shape", "spec"), LAYOUTS, ids=lambda x: str(x).replace(" ", ""))
-def test_sharded_masks_equal_one_device_and_keep_sharding(mesh_shape, spec, references):
+def _half(group: int) -> dict[str, Callable[..., object]]:
+    """The methods of ``group`` (0 or 1): every other one of _methods()."""
+    return {name: f for i, (name, f) in enumerate(_methods().items()) if i % 2 == group}
+
+
+def test_layout_groups_cover_every_method_on_rows_columns_and_every_mesh():
+    assert {*_half(0), *_half(1)} == set(_methods()) and not set(_half(0)) & set(_half(1))
+    for group in (0, 1):
+        mine = [layout for layout, g in zip(LAYOUTS, LAYOUT_GROUP) if g == group]
+        assert {mesh for mesh, _ in mine} == {(8, 1), (4, 2), (2, 4)}
+        assert any(spec[0] is not None for _, spec in mine if len(spec)), group  # rows sharded
+        assert any(len(spec) > 1 and spec[1] is not None for _, spec in mine), group  # columns sharded
+
+
+@pytest.mark.parametrize(("mesh_shape", "spec", "group"), [(*layout, g) for layout, g in zip(LAYOUTS, LAYOUT_GROUP)],
+                         ids=lambda x: str(x).replace(" ", "") if not isinstance(x, int) else f"group{x}")
+def test_sharded_masks_equal_one_device_and_keep_sharding(mesh_shape, spec, group, references):
     mesh = Mesh(np.array(jax.devices()).reshape(mesh_shape), ("a", "b"))
     sharding = NamedSharding(mesh, spec)
     w, tied = (jax.device_put(x, sharding) for x in _weights())
-    for name, f in _methods().items():
+    for name, f in _half(group).items():
         compiled = jax.jit(f).lower(w, tied).compile()
         for got, ref in zip(jax.tree.leaves(compiled(w, tied)), references[name], strict=True):
             np.testing.assert_array_equal(np.asarray(got), ref, err_msg=f"{name} on {mesh_shape} {spec}")
@@ -95,13 +116,14 @@ def test_sharded_masks_equal_one_device_and_keep_sharding(mesh_shape, spec, refe
         assert not big, f"{name} on {mesh_shape} {spec}: collectives larger than a histogram: {big}"
 
 
-@pytest.mark.parametrize("spec", [P("a", "b"), P("b", "a")], ids=str)
-def test_eager_calls_keep_sharding(spec, references):
-    """Without a user jit: the library's own jitted pieces keep the sharding."""
+@pytest.mark.parametrize(("spec", "group"), [(P("a", "b"), 0), (P("b", "a"), 1)], ids=str)
+def test_eager_calls_keep_sharding(spec, group, references):
+    """Without a user jit: the library's own jitted pieces keep the sharding
+    (each method under one of the two 2-D shardings: half the compilations)."""
     mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("a", "b"))
     sharding = NamedSharding(mesh, spec)
     w, tied = (jax.device_put(x, sharding) for x in _weights())
-    for name, f in _methods().items():
+    for name, f in _half(group).items():
         for got, ref in zip(jax.tree.leaves(f(w, tied)), references[name], strict=True):
             np.testing.assert_array_equal(np.asarray(got), ref, err_msg=name)
             assert got.sharding.is_equivalent_to(sharding, got.ndim), (name, got.sharding)
