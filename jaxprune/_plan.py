@@ -279,7 +279,7 @@ def compute_masks(
             target: Any = leaves[a.index] if scores[a.index] is None else scores[a.index]
             # Only a method that draws (is_random) gets a key: deriving one per leaf
             # costs more than a small deterministic mask.
-            rng = None if key is None or not method.is_random else rngs.get(a.index)
+            rng: Any = None if key is None or not method.is_random else rngs.get(a.index)
             if rng is None and key is not None and method.is_random:
                 rng = _leaf_rng(key, words, a, method, target)
             kwargs = {name: _extra_for(extra, name, a) for name in method.extra_args}
