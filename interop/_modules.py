@@ -41,6 +41,8 @@ Rules = Mapping[str, Any] | Callable[[str, "torch.Tensor"], Any]
 
 
 def _pruned_names(sub: torch.nn.Module) -> set[str]:
+    if not sub._forward_pre_hooks:  # (most submodules: no hook at all)
+        return set()
     prune = _torch().nn.utils.prune
     names = set()
     for hook in sub._forward_pre_hooks.values():

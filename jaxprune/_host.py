@@ -164,7 +164,8 @@ def threefry_words(key: object) -> tuple[int, int] | None:
     """The two words of a concrete threefry key (typed or legacy ``uint32[2]``), else None."""
     if isinstance(key, jax.core.Tracer):  # pyright: ignore[reportAttributeAccessIssue]
         return None
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):  # pyright: ignore[reportAttributeAccessIssue]
+    # (a NumPy array is never a typed key)
+    if type(key) is not np.ndarray and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):  # pyright: ignore[reportAttributeAccessIssue]
         impl = str(jax.random.key_impl(key))  # pyright: ignore[reportArgumentType]
         if "threefry2x32" not in impl:
             return None
@@ -226,7 +227,15 @@ _PRECOMPUTED: contextvars.ContextVar[dict[tuple[tuple[int, int], int], np.ndarra
 def precomputed_bits(keys: Sequence[tuple[int, int]], sizes: Sequence[int]) -> Iterator[None]:
     """Inside the block, :func:`random_bits` of one of these ``(key, n)`` pairs
     returns the draws made here, for all of them at once (:func:`random_bits_many`)."""
-    draws = random_bits_many(keys, sizes)
+    draws: list[np.ndarray] = []
+    start = 0
+    while start < len(keys):  # passes of at most about _CHUNK draws: the rounds' temporaries stay in cache
+        stop, total = start, 0
+        while stop < len(keys) and (stop == start or total + sizes[stop] <= _CHUNK):
+            total += sizes[stop]
+            stop += 1
+        draws += random_bits_many(keys[start:stop], sizes[start:stop])
+        start = stop
     token = _PRECOMPUTED.set({(key, n): d for key, n, d in zip(keys, sizes, draws)})
     try:
         yield

@@ -317,7 +317,9 @@ def _leaf_rng(key: Any, words: tuple[int, int] | None, a: Assignment, method: Pr
     return np.array(_host.fold_in(words, path_hash(a.key_name)), np.uint32)
 
 
-_BATCH_DRAWS_MAX = 1 << 16  # a leaf's draws made with the others' in one pass (beyond: its own passes)
+# A leaf with at most this many draws has them made with the others' (NumPy's
+# ~110 calls of a pass cost about as much as 4K draws); a bigger one makes its own.
+_BATCH_DRAWS_MAX = 1 << 12
 
 
 def _host_draws(
