@@ -41,6 +41,8 @@ Rules = Mapping[str, Any] | Callable[[str, "torch.Tensor"], Any]
 
 
 def _pruned_names(sub: torch.nn.Module) -> set[str]:
+    if not sub._forward_pre_hooks:  # (most submodules: no hook at all)
+        return set()
     prune = _torch().nn.utils.prune
     names = set()
     for hook in sub._forward_pre_hooks.values():
@@ -256,18 +258,80 @@ def _install_mask(sub: torch.nn.Module, name: str, mask: torch.Tensor) -> None:
     product with it (half its time on a small tensor). The hook's ``mask`` is
     the buffer (torch's holds a copy that nothing reads again).
     """
-    prune = _torch().nn.utils.prune
+    torch = _torch()
+    prune = torch.nn.utils.prune
     if name in _pruned_names(sub):
         prune.custom_from_mask(sub, name, mask=mask)
         return
     method = prune.CustomFromMask(mask)
     method._tensor_name = name
+    if _plain_install(sub, name):
+        # What the calls below leave, written directly: their checks (each a
+        # failed attribute lookup, an exception) cost more than the rest of a
+        # small tensor's pruning, and _plain_install has made them already.
+        orig = sub._parameters.pop(name)
+        assert orig is not None  # prunable_parameters lists only set parameters
+        sub._parameters[name + "_orig"] = orig
+        sub._buffers[name + "_mask"] = mask
+        sub._non_persistent_buffers_set.discard(name + "_mask")
+        object.__setattr__(sub, name, mask.to(dtype=orig.dtype) * orig)  # apply_mask's product, as torch's
+        handle = torch.utils.hooks.RemovableHandle(sub._forward_pre_hooks,
+                                                   extra_dict=sub._forward_pre_hooks_with_kwargs)
+        sub._forward_pre_hooks[handle.id] = method
+        return
     orig = sub._parameters[name]
     sub.register_parameter(name + "_orig", orig)
     del sub._parameters[name]
     sub.register_buffer(name + "_mask", mask)
     setattr(sub, name, method.apply_mask(sub))
     sub.register_forward_pre_hook(method)
+
+
+def _plain_install(sub: torch.nn.Module, name: str) -> bool:
+    """Whether the registrations of a first pruning of ``sub.<name>`` may be
+    written straight into ``sub``'s dicts with torch's exact result: ``sub``'s
+    class keeps ``torch.nn.Module``'s registration and attribute methods, no
+    global registration hook is set, and none of the names is taken (where
+    torch's checks would raise, or an attribute would go elsewhere, torch's
+    own calls run)."""
+    if not _plain_module_type(type(sub)):
+        return False
+    module_globals = _torch().nn.modules.module
+    for hooks in ("_global_parameter_registration_hooks", "_global_buffer_registration_hooks"):
+        if getattr(module_globals, hooks, None) != {}:
+            return False
+    if name in sub._buffers or name in sub._modules or name in sub.__dict__ or _class_has(type(sub), name):
+        return False
+    for new in (name + "_orig", name + "_mask"):
+        if (new in sub.__dict__ or new in sub._parameters or new in sub._buffers or new in sub._modules
+                or _class_has(type(sub), new)):
+            return False
+    return True
+
+
+@functools.cache
+def _class_has(cls: type, name: str) -> bool:
+    return hasattr(cls, name)
+
+
+def _plain_module_type(cls: type) -> bool:
+    """``cls`` uses torch's own registration and attribute methods (not
+    overridden, nor patched on ``torch.nn.Module``), and ``CustomFromMask``
+    torch's own ``apply_mask``."""
+    prune = _torch().nn.utils.prune
+    return (all(_torch_own(getattr(cls, attr, None), f"Module.{attr}") for attr in _MODULE_METHODS)
+            and getattr(cls, "__getattribute__", None) is object.__getattribute__
+            and _torch_own(prune.CustomFromMask.apply_mask, "BasePruningMethod.apply_mask"))
+
+
+_MODULE_METHODS = ("register_parameter", "register_buffer", "register_forward_pre_hook", "__setattr__",
+                   "__getattr__", "__delattr__")
+
+
+@functools.cache
+def _torch_own(function: object, qualname: str) -> bool:
+    return (getattr(function, "__qualname__", None) == qualname
+            and getattr(function, "__module__", "").startswith("torch.nn."))
 
 
 _MISSING = object()

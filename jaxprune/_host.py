@@ -24,9 +24,11 @@ slice scores are sorted outright (a stable sort: the same order).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import contextvars
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import jax
@@ -162,7 +164,8 @@ def threefry_words(key: object) -> tuple[int, int] | None:
     """The two words of a concrete threefry key (typed or legacy ``uint32[2]``), else None."""
     if isinstance(key, jax.core.Tracer):  # pyright: ignore[reportAttributeAccessIssue]
         return None
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):  # pyright: ignore[reportAttributeAccessIssue]
+    # (a NumPy array is never a typed key)
+    if type(key) is not np.ndarray and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):  # pyright: ignore[reportAttributeAccessIssue]
         impl = str(jax.random.key_impl(key))  # pyright: ignore[reportArgumentType]
         if "threefry2x32" not in impl:
             return None
@@ -188,9 +191,66 @@ def fold_in(key: tuple[int, int], data: int) -> tuple[int, int]:
     return _threefry2x32_ints(key, 0, data)
 
 
+def fold_in_many(key: tuple[int, int], data: Sequence[int]) -> list[tuple[int, int]]:
+    """:func:`fold_in` of each of ``data``, in one pass of NumPy rounds."""
+    if len(data) <= _SCALAR_MAX:
+        return [fold_in(key, d) for d in data]
+    x0, x1 = _threefry2x32(key, np.zeros(len(data), np.uint32), np.array(data, np.uint32))
+    return list(zip(x0.tolist(), x1.tolist()))
+
+
+def random_bits_many(keys: Sequence[tuple[int, int]], sizes: Sequence[int]) -> list[np.ndarray]:
+    """``[random_bits(key, n) for key, n in zip(keys, sizes)]``, bit for bit, in
+    one pass of NumPy rounds over all the draws (each with its own key words):
+    NumPy's ~110 calls per pass cost more than a small tensor's draws."""
+    if not keys:
+        return []
+    lengths = np.array(sizes, np.int64)
+    if int(lengths.max()) > _MASK:
+        return [random_bits(key, n) for key, n in zip(keys, sizes)]
+    words = np.array(keys, np.uint32).reshape(-1, 2)
+    starts = np.cumsum(lengths) - lengths
+    total = int(lengths.sum())
+    # Each draw's counter within its own tensor (high word 0: every n < 2**32), and its key's words.
+    counter = (np.arange(total, dtype=np.int64) - np.repeat(starts, lengths)).astype(np.uint32)
+    k0, k1 = np.repeat(words[:, 0], lengths), np.repeat(words[:, 1], lengths)
+    x0, x1 = _threefry2x32((k0, k1), np.zeros(total, np.uint32), counter)
+    np.bitwise_xor(x0, x1, out=x0)
+    return np.split(x0, starts[1:].tolist())
+
+
+_PRECOMPUTED: contextvars.ContextVar[dict[tuple[tuple[int, int], int], np.ndarray] | None] = contextvars.ContextVar(
+    "precomputed_bits", default=None)
+
+
+@contextlib.contextmanager
+def precomputed_bits(keys: Sequence[tuple[int, int]], sizes: Sequence[int]) -> Iterator[None]:
+    """Inside the block, :func:`random_bits` of one of these ``(key, n)`` pairs
+    returns the draws made here, for all of them at once (:func:`random_bits_many`)."""
+    draws: list[np.ndarray] = []
+    start = 0
+    while start < len(keys):  # passes of at most about _CHUNK draws: the rounds' temporaries stay in cache
+        stop, total = start, 0
+        while stop < len(keys) and (stop == start or total + sizes[stop] <= _CHUNK):
+            total += sizes[stop]
+            stop += 1
+        draws += random_bits_many(keys[start:stop], sizes[start:stop])
+        start = stop
+    token = _PRECOMPUTED.set({(key, n): d for key, n, d in zip(keys, sizes, draws)})
+    try:
+        yield
+    finally:
+        _PRECOMPUTED.reset(token)
+
+
 def random_bits(key: tuple[int, int], n: int) -> np.ndarray:
     """``jax.random.bits(key, (n,), jnp.uint32)`` for a threefry key, bit for bit:
     entry ``i`` is the xor of the two words of threefry-2x32 of the counter ``i``."""
+    ready = _PRECOMPUTED.get()
+    if ready is not None:
+        found = ready.pop((key, n), None)  # (handed out once: a second ask for the same draws makes its own)
+        if found is not None:
+            return found
     if n <= _SCALAR_MAX:  # a few draws (a structured method's slices): plain ints beat NumPy's per-call cost
         return np.array([x0 ^ x1 for x0, x1 in (_threefry2x32_ints(key, i >> 32, i & _MASK) for i in range(n))],
                         np.uint32)
@@ -232,9 +292,15 @@ def _threefry2x32_ints(key: tuple[int, int], x0: int, x1: int) -> tuple[int, int
     return x0, x1
 
 
-def _threefry2x32(key: tuple[int, int], x0: np.ndarray, x1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Threefry-2x32 (20 rounds) of the word pairs ``(x0, x1)`` under ``key``, in place."""
-    ks = (np.uint32(key[0]), np.uint32(key[1]), np.uint32(key[0] ^ key[1] ^ 0x1BD11BDA))
+def _threefry2x32(
+    key: tuple[int, int] | tuple[np.ndarray, np.ndarray], x0: np.ndarray, x1: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Threefry-2x32 (20 rounds) of the word pairs ``(x0, x1)`` under ``key``
+    (two ints, or two uint32 arrays: a key per pair), in place."""
+    if isinstance(key[0], np.ndarray):
+        ks = (key[0], key[1], key[0] ^ key[1] ^ np.uint32(0x1BD11BDA))
+    else:
+        ks = (np.uint32(key[0]), np.uint32(key[1]), np.uint32(key[0] ^ key[1] ^ 0x1BD11BDA))
     tmp = np.empty_like(x1)
     x0 += ks[0]
     x1 += ks[1]
@@ -256,10 +322,31 @@ def _threefry2x32(key: tuple[int, int], x0: np.ndarray, x1: np.ndarray) -> tuple
 
 
 def slice_norms(t: np.ndarray, n: float | Literal["fro", "nuc"], dim: int) -> np.ndarray:
-    """torch's ``_compute_norm`` of each slice along ``dim``, in float64."""
+    """torch's ``_compute_norm`` of each slice along ``dim``, in float64.
+
+    Slices along a C-contiguous tensor's first dim (a conv's filters, a
+    Linear's output rows) are normed a block of rows at a time: each row is
+    reduced exactly as in the whole array (the same contiguous run, the same
+    pairwise sums), and the float64 copy stays in cache instead of costing a
+    fresh allocation of twice the tensor's bytes."""
     if n == "nuc":
         mats = np.moveaxis(t.astype(np.float64), dim, 0)
         return np.linalg.svd(mats, compute_uv=False).sum(axis=-1)
+    rows = t.shape[0]
+    row_size = t.size // rows if rows else 0
+    if dim == 0 and t.flags.c_contiguous and row_size and rows > 1 and t.size > _NORM_BLOCK:
+        out = np.empty(rows, np.float64)
+        step = max(1, _NORM_BLOCK // row_size)
+        for start in range(0, rows, step):
+            out[start:start + step] = _slice_norms(t[start:start + step], n, 0)
+        return out
+    return _slice_norms(t, n, dim)
+
+
+_NORM_BLOCK = 1 << 15  # values per block of rows (256 KiB in float64)
+
+
+def _slice_norms(t: np.ndarray, n: float | Literal["fro"], dim: int) -> np.ndarray:
     others = tuple(d for d in range(t.ndim) if d != dim)
     a = t.astype(np.float64)  # a copy: float64 holds every float32 value exactly, subnormals included
     if n == "fro" or n == 2.0:

@@ -51,6 +51,8 @@ def as_tensor(t: ArrayLike, name: str = "t") -> Array:
 
 def host_tensor(t: ArrayLike, name: str = "t") -> np.ndarray:
     """:func:`as_tensor`'s checks and dtype, as a NumPy array (a view where it can be)."""
+    if type(t) is np.ndarray and t.dtype in _HOST_CANONICAL:
+        return t  # (what the checks below return for it, without their cost per leaf)
     if isinstance(t, jax.Array):
         _check_real(t.dtype, name)
         return np.asarray(t)
@@ -60,6 +62,11 @@ def host_tensor(t: ArrayLike, name: str = "t") -> np.ndarray:
         raise TypeError(f"{name} must have a real numeric dtype (integer or floating), got {host.dtype}: {t!r}")
     _check_narrowing(host, name)
     return host.astype(jax.dtypes.canonicalize_dtype(host.dtype), copy=False)
+
+
+# Real dtypes that jax keeps as they are with or without x64 (no narrowing to check).
+_HOST_CANONICAL = frozenset(np.dtype(d) for d in ("float32", "float16", "int32", "int16", "int8", "uint32",
+                                                   "uint16", "uint8"))
 
 
 def _check_real(dtype: np.dtype, name: str) -> bool:
@@ -110,9 +117,9 @@ def _check_narrowing(host: np.ndarray, name: str) -> None:
 def check_key(key: PRNGKey) -> PRNGKey:
     """Accept a typed key (``jax.random.key``) or a legacy ``uint32[2]`` key."""
     if isinstance(key, (jax.Array, np.ndarray)):
-        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
-            return key
         if key.dtype == np.uint32 and key.shape == (2,):
+            return key
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
             return key
     raise TypeError(
         "key must be a PRNG key from jax.random.key(seed) (or a legacy jax.random.PRNGKey), "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
@@ -271,14 +272,18 @@ def compute_masks(
     extra = extra or {}
     masks: list[Any] = [None] * len(leaves)
     words = _plain_words(key)
-    for a in p.singles:
-        method = _with_amount(a.method, amount, [default_masks[a.index]])
-        target: Any = leaves[a.index] if scores[a.index] is None else scores[a.index]
-        # Only a method that draws (is_random) gets a key: deriving one per leaf
-        # costs more than a small deterministic mask.
-        rng = None if key is None or not method.is_random else _leaf_rng(key, words, a, method, target)
-        kwargs = {name: _extra_for(extra, name, a) for name in method.extra_args}
-        masks[a.index] = method.compute_mask(rng, target, default_masks[a.index], **kwargs)
+    rngs, draw_keys, draw_sizes = _host_draws(words, p.singles, leaves, scores)
+    with _host.precomputed_bits(draw_keys, draw_sizes):
+        for a in p.singles:
+            method = _with_amount(a.method, amount, [default_masks[a.index]])
+            target: Any = leaves[a.index] if scores[a.index] is None else scores[a.index]
+            # Only a method that draws (is_random) gets a key: deriving one per leaf
+            # costs more than a small deterministic mask.
+            rng: Any = None if key is None or not method.is_random else rngs.get(a.index)
+            if rng is None and key is not None and method.is_random:
+                rng = _leaf_rng(key, words, a, method, target)
+            kwargs = {name: _extra_for(extra, name, a) for name in method.extra_args}
+            masks[a.index] = method.compute_mask(rng, target, default_masks[a.index], **kwargs)
     for members in p.groups:
         method = _with_amount(members[0].method, amount, [default_masks[a.index] for a in members])
         out = method.group_masks(key, Group(
@@ -310,6 +315,47 @@ def _leaf_rng(key: Any, words: tuple[int, int] | None, a: Assignment, method: Pr
                                                                                                     np.ndarray):
         return leaf_key(key, a.key_name)
     return np.array(_host.fold_in(words, path_hash(a.key_name)), np.uint32)
+
+
+# A leaf with at most this many draws has them made with the others' (NumPy's
+# ~110 calls of a pass cost about as much as 4K draws); a bigger one makes its own.
+_BATCH_DRAWS_MAX = 1 << 12
+
+
+def _host_draws(
+    words: tuple[int, int] | None, singles: Sequence[Assignment], leaves: Sequence[Any], scores: Sequence[Any]
+) -> tuple[dict[int, np.ndarray], list[tuple[int, int]], list[int]]:
+    """For jaxprune's own random methods on NumPy leaves (those :func:`_leaf_rng`
+    gives the plain words of their leaf key): ``{leaf index: its key as
+    uint32[2]}``, derived in one pass for all, and the ``(key words, count)``
+    of the draws each will ask :func:`_host.random_bits` for, when few
+    (:func:`_host.precomputed_bits` makes them all in one pass). A leaf the
+    method then prunes another way just leaves its draws unused."""
+    found = [] if words is None else [
+        (a, target) for a in singles if type(a.method) in (RandomStructured, RandomUnstructured)
+        and isinstance(target := leaves[a.index] if scores[a.index] is None else scores[a.index], np.ndarray)]
+    if not found:
+        return {}, [], []
+    assert words is not None
+    leaf_words = _host.fold_in_many(words, [path_hash(a.key_name) for a, _ in found])
+    rngs = {a.index: np.array(w, np.uint32) for (a, _), w in zip(found, leaf_words)}
+    draw_keys, draw_sizes = [], []
+    for (a, target), w in zip(found, leaf_words):
+        n = _draw_count(a.method, target.shape)
+        if n is not None and n <= _BATCH_DRAWS_MAX:
+            draw_keys.append(w)
+            draw_sizes.append(n)
+    return rngs, draw_keys, draw_sizes
+
+
+def _draw_count(method: PruningMethod, shape: tuple[int, ...]) -> int | None:
+    """How many draws ``method`` (RandomStructured or RandomUnstructured) makes for a leaf of ``shape``."""
+    if isinstance(method, RandomUnstructured):
+        return math.prod(shape)
+    dim = method.dim  # type: ignore[attr-defined] - a RandomStructured
+    if len(shape) < 2 or not isinstance(dim, int) or not -len(shape) <= dim < len(shape):
+        return None  # (the method refuses the leaf)
+    return shape[dim]
 
 
 def _with_amount(method: PruningMethod, amount: AmountFn | None, masks: Sequence[Any]) -> PruningMethod:

@@ -59,6 +59,53 @@ def test_fold_in_is_jaxs(key, data):
     assert _host.fold_in(words, data) == tuple(int(w) for w in np.asarray(ref_words))
 
 
+def test_draws_and_keys_of_many_leaves_in_one_pass_are_jaxs():
+    """random_bits_many / fold_in_many (a key per draw, one pass of NumPy
+    rounds) and precomputed_bits give each leaf jax's own draws and keys."""
+    keys = [_host.threefry_words(k) for k in KEYS]
+    assert None not in keys
+    sizes = [0, 1, 11, 4096]
+    leaf_keys = [k for k in keys for _ in sizes]
+    leaf_sizes = sizes * len(keys)
+    refs = [np.asarray(jax.random.bits(key, (n,), jnp.uint32)) for key in KEYS for n in sizes]
+    for got, ref in zip(_host.random_bits_many(leaf_keys, leaf_sizes), refs, strict=True):
+        np.testing.assert_array_equal(got, ref)
+    with _host.precomputed_bits(leaf_keys, leaf_sizes):
+        for key, n, ref in zip(leaf_keys, leaf_sizes, refs):
+            np.testing.assert_array_equal(_host.random_bits(key, n), ref)
+        # each is handed out once: asked again, the draws are made again, the same
+        np.testing.assert_array_equal(_host.random_bits(leaf_keys[-1], 4096), refs[-1])
+    data = [0, 1, 2**31, 2**32 - 1, 0x9E3779B9] * 3  # (more than the few folded in Python ints)
+    for key, words in zip(KEYS, keys):
+        folded = [jax.random.fold_in(key, d) for d in data]
+        ref = [tuple(int(w) for w in np.asarray(jax.random.key_data(f) if jax.dtypes.issubdtype(
+            f.dtype, jax.dtypes.prng_key) else f)) for f in folded]
+        assert _host.fold_in_many(words, data) == ref
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+@pytest.mark.parametrize("n", [2.0, "fro", 1.0, math.inf, -math.inf, 0.0, 3.0, -1.0])
+def test_norms_of_row_blocks_are_the_whole_arrays_bit_for_bit(dtype, n):
+    """Slice norms along dim 0 of a big contiguous tensor are made a block of
+    rows at a time; each equals the whole array's float64 reduction exactly
+    (magnitudes spread over many binades, so any change of summation order shows)."""
+    rng = np.random.default_rng(0)
+    for shape in [(1000, 64), (1024, 576), (3, 40000), (70000, 1), (96, 40, 3, 3)]:
+        if n == "fro" and len(shape) != 2:
+            continue
+        t = (rng.standard_normal(shape) * np.exp(rng.uniform(-8, 8, shape))).astype(dtype)
+        others = tuple(range(1, t.ndim))
+        a = np.abs(t.astype(np.float64))
+        with np.errstate(divide="ignore", over="ignore"):
+            ref = {2.0: lambda: np.sqrt(np.square(a).sum(axis=others)), 1.0: lambda: a.sum(axis=others),
+                   math.inf: lambda: a.max(axis=others), -math.inf: lambda: a.min(axis=others),
+                   0.0: lambda: np.count_nonzero(a, axis=others).astype(np.float64),
+                   3.0: lambda: np.sum(a**3.0, axis=others) ** (1 / 3.0),
+                   -1.0: lambda: np.sum(a**-1.0, axis=others) ** -1.0}[2.0 if n == "fro" else n]()
+            got = _host.slice_norms(t, n, 0)
+        np.testing.assert_array_equal(got.view(np.uint64), ref.view(np.uint64))
+
+
 def test_leaf_keys_keep_their_type_and_bits():
     for key in KEYS:
         for path in ["", "a.kernel", "layers.10.mlp.weight", "ünïcode"]:

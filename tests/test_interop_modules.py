@@ -858,7 +858,8 @@ def _state_of(net: torch.nn.Module) -> list[Any]:
         for key in ("weight", "weight_orig", "weight_mask"):
             value = getattr(sub, key, None)
             if isinstance(value, torch.Tensor):
-                out.append((name, key, type(value).__name__, value.dtype, value.requires_grad,
+                out.append((name, key, type(value).__name__, type(value.grad_fn).__name__, value.dtype,
+                            value.requires_grad,
                             value.is_contiguous(memory_format=torch.channels_last) if value.dim() == 4 else None,
                             value.detach().tolist()))
     out.append([(k, v.dtype, v.tolist()) for k, v in net.state_dict().items()])
@@ -893,3 +894,77 @@ def test_a_first_install_leaves_the_state_torchs_custom_from_mask_leaves(channel
         for sub in (net[0], net[4]):
             prune.remove(sub, "weight")
     assert _state_of(ours) == _state_of(theirs)
+
+
+@pytest.mark.parametrize("fail_at", ["first", "second"])
+@pytest.mark.parametrize("make_error", FAILURE_KINDS, ids=["Exception", "MemoryError", "KeyboardInterrupt"])
+def test_a_failure_in_jaxprunes_own_install_leaves_the_module_exactly_as_it_was(monkeypatch, make_error, fail_at):
+    """The direct install of a first mask (no torch registration calls) failing
+    at its last step, the hook's handle, after every dict was written: the
+    module equals its snapshot and the very same exception comes out."""
+    net = cnn().eval()
+    x = cnn_input()
+    before = deep_snapshot(net, x)
+    error = make_error()
+    handle_init = torch.utils.hooks.RemovableHandle.__init__
+    calls = {"n": 0}
+
+    def failing(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == (1 if fail_at == "first" else 2):
+            raise error
+        handle_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.hooks.RemovableHandle, "__init__", failing)
+    with pytest.raises(type(error)) as caught:
+        interop.prune_module(None, net, {"0.weight": jp.L1Unstructured(0.5), "4.weight": jp.LnStructured(0.5, 2, 0)})
+    assert caught.value is error
+    assert calls["n"] == (1 if fail_at == "first" else 2)
+    monkeypatch.undo()
+    assert_same_deep_snapshot(before, deep_snapshot(net, x))
+
+
+class _TracedSetattr(torch.nn.Linear):
+    """A Linear whose attribute writes are recorded (a subclass overriding __setattr__)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self.__dict__.setdefault("seen", []).append(name)
+        super().__setattr__(name, value)
+
+
+def test_overridden_module_methods_and_global_registration_hooks_go_through_torchs_own_calls():
+    """Where the direct install could differ from torch's calls (a subclass's
+    __setattr__, a global parameter or buffer registration hook), torch's
+    calls run: the hooks and the override see what they see under torch's
+    own custom_from_mask."""
+    def pruned(net: torch.nn.Module, ours: bool) -> torch.nn.Module:
+        if ours:
+            return interop.prune_module(None, net, {"weight": jp.L1Unstructured(0.5)})
+        mask = interop.compute_module_masks(None, net, {"weight": jp.L1Unstructured(0.5)})["weight"]
+        prune.custom_from_mask(net, "weight", torch.from_numpy(np.array(mask)))
+        return net
+
+    torch.manual_seed(0)
+    made = [_TracedSetattr(4, 3) for _ in range(2)]
+    made[1].load_state_dict(made[0].state_dict())
+    for net in made:
+        net.__dict__["seen"] = []
+    ours, theirs = pruned(made[0], True), pruned(made[1], False)
+    assert ours.seen == theirs.seen and "weight" in ours.seen
+    assert _state_of(ours) == _state_of(theirs)
+
+    registered: dict[bool, list[tuple[str, str]]] = {True: [], False: []}
+    for ours_side in (True, False):
+        torch.manual_seed(0)
+        net = torch.nn.Linear(4, 3)
+
+        def hook(module, name, value, side=ours_side):
+            registered[side].append((type(module).__name__, name))
+        handles = [torch.nn.modules.module.register_module_parameter_registration_hook(hook),
+                   torch.nn.modules.module.register_module_buffer_registration_hook(hook)]
+        try:
+            pruned(net, ours_side)
+        finally:
+            for h in handles:
+                h.remove()
+    assert registered[True] == registered[False] == [("Linear", "weight_orig"), ("Linear", "weight_mask")]
