@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=chars.STEPS)
     parser.add_argument("--load", help="parameters saved by one_shot_chars.py --out-dir")
     parser.add_argument("--max-rounds", type=int, default=None)
+    parser.add_argument("--patterns", default="2:4,4:8", help="comma-separated n:m (default %(default)s)")
     args = parser.parse_args()
     text = chars.load_text()
     calib, val = chars.sequences(text.calib, 256), chars.sequences(text.val, chars.VAL_SEQUENCES)
@@ -57,22 +58,26 @@ def main() -> None:
     dense = chars.perplexity(graphdef, params, val)
 
     start = time.perf_counter()
-    result = jp.permute_for_n_m(forward, params, 2, 4, tokens, weights=[chars.PRUNED], max_rounds=args.max_rounds)
+    patterns = [tuple(int(v) for v in p.split(":")) for p in args.patterns.split(",")]
+    n0, m0 = patterns[0]
+    result = jp.permute_for_n_m(forward, params, n0, m0, tokens, weights=[chars.PRUNED], max_rounds=args.max_rounds)
     permuted, perms = result
     seconds = time.perf_counter() - start
     dense_permuted = chars.perplexity(graphdef, permuted, val)
     print(f"# {describe(jax=jax.__version__)}, {datetime.date.today()}")
-    print(f"dense perplexity {dense:.4f}; permuted dense {dense_permuted:.4f}; "
+    print(f"dense perplexity {dense:.4f}; permuted ({n0}:{m0}) dense {dense_permuted:.4f}; "
           f"{len(perms)} groups searched ({sum(p.changed for p in perms)} changed) in {seconds:.1f} s; "
           f"{len(result.skipped)} skipped")
     print()
     print("| pattern | method | kept, as is | kept, permuted | perplexity, as is | perplexity, permuted |")
     print("|---|---|---|---|---|---|")
-    for n, m in ((2, 4), (4, 8)):
+    for n, m in patterns:
         rules = {p: r for p, r in jp.n_m_rules(forward, params, n, m, tokens).items() if chars.is_pruned(p)}
-        if (n, m) != (2, 4):
+        if (n, m) != (n0, m0):
+            start = time.perf_counter()
             permuted_nm = jp.permute_for_n_m(forward, params, n, m, tokens, weights=[chars.PRUNED],
                                              max_rounds=args.max_rounds).params
+            print(f"({n}:{m} search: {time.perf_counter() - start:.1f} s)", flush=True)
         else:
             permuted_nm = permuted
         for method in ("magnitude", "SparseGPT"):
