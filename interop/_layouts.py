@@ -61,7 +61,7 @@ import numpy as np
 import jaxprune as jp
 
 from ._modules import Rules, plan_module, prunable_parameters
-from ._tensors import _torch, check_module, to_jax, to_torch
+from ._tensors import check_module, import_torch, to_jax, to_torch
 
 if TYPE_CHECKING:
     import torch
@@ -155,7 +155,7 @@ def register_layout(torch_type: type, mapper: Mapper) -> None:
     >>> interop.placements(net, {"1": "gain"})["1.gain"].path
     ('gain', 'scale')
     """
-    if not (isinstance(torch_type, type) and issubclass(torch_type, _torch().nn.Module)):
+    if not (isinstance(torch_type, type) and issubclass(torch_type, import_torch().nn.Module)):
         raise TypeError(f"register_layout: torch_type must be a torch.nn.Module subclass, got {torch_type!r}")
     if not callable(mapper):
         raise TypeError(f"register_layout: mapper must be a callable (layer, name, ndim) -> "
@@ -194,7 +194,7 @@ _BUILTIN_NAMES = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspos
 
 
 def _builtin_layers() -> list[tuple[tuple[type, ...], Mapper]]:
-    nn = _torch().nn
+    nn = import_torch().nn
 
     def conv(layer: Any, name: str, ndim: int):
         if name == "weight":
@@ -280,11 +280,11 @@ def _tensors_of(layer: Any, *, effective: bool = False) -> dict[str, Any]:
     next forward)."""
     own = [name for name in prunable_parameters(layer) if "." not in name]  # module order
     hooks = {hook._tensor_name: hook for hook in layer._forward_pre_hooks.values()
-             if isinstance(hook, _torch().nn.utils.prune.BasePruningMethod)}
+             if isinstance(hook, import_torch().nn.utils.prune.BasePruningMethod)}
     out: dict[str, Any] = {}
     for name in own:
         if effective and name in hooks:
-            with _torch().no_grad():
+            with import_torch().no_grad():
                 out[name] = hooks[name].apply_mask(layer)
         else:
             out[name] = getattr(layer, name + "_orig") if hasattr(layer, name + "_orig") else layer._parameters[name]
@@ -333,7 +333,7 @@ def _placements(module: torch.nn.Module, names: Mapping[str, str] | None) -> dic
     owned: dict[str, tuple[str, Callable[[Any, str, int], Any]]] = {}
     for prefix, layer in module.named_modules():
         tensors = _tensors_of(layer)
-        if isinstance(layer, _torch().nn.MultiheadAttention) and layer.out_proj is not None:
+        if isinstance(layer, import_torch().nn.MultiheadAttention) and layer.out_proj is not None:
             child = f"{prefix}.out_proj" if prefix else "out_proj"
             owned[child] = (names.get(child, f"{names.get(prefix, prefix)}.out".lstrip(".")), _attention_out(layer))
         if not tensors:
@@ -526,7 +526,7 @@ def flax_to_torch(variables: Mapping[str, Mapping], module: torch.nn.Module, *,
     >>> torch.equal(target.weight, source.weight)
     True
     """
-    torch = _torch()
+    torch = import_torch()
     check_module(module, "flax_to_torch")
     tensors = dict(_named_tensors(module))
     staged = []
@@ -545,7 +545,7 @@ def _host_to_torch(value: np.ndarray) -> torch.Tensor:
     """A private torch copy of a NumPy array: ``torch.from_numpy`` where torch reads the dtype
     (``jnp.asarray`` would compile once per shape), else through DLPack (bfloat16, float8)."""
     if type(value.dtype).__module__.startswith("numpy"):
-        return _torch().from_numpy(np.array(value, copy=True, order="C"))
+        return import_torch().from_numpy(np.array(value, copy=True, order="C"))
     return to_torch(np.asarray(value), copy=True)
 
 

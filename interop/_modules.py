@@ -32,7 +32,7 @@ from jaxprune._methods import numpy_results
 from jaxprune._plan import Plan, check_key, check_key_for, compute_masks, plan
 from jaxprune._state_dicts import join_pairs, kept, split_pairs
 
-from ._tensors import _torch, check_module, to_jax, to_torch
+from ._tensors import check_module, import_torch, to_jax, to_torch
 
 if TYPE_CHECKING:
     import torch
@@ -40,10 +40,10 @@ if TYPE_CHECKING:
 Rules = Mapping[str, Any] | Callable[[str, "torch.Tensor"], Any]
 
 
-def _pruned_names(sub: torch.nn.Module) -> set[str]:
+def pruned_names(sub: torch.nn.Module) -> set[str]:
     if not sub._forward_pre_hooks:  # (most submodules: no hook at all)
         return set()
-    prune = _torch().nn.utils.prune
+    prune = import_torch().nn.utils.prune
     names = set()
     for hook in sub._forward_pre_hooks.values():
         if isinstance(hook, prune.BasePruningMethod):
@@ -57,7 +57,7 @@ def prunable_parameters(module: torch.nn.Module) -> dict[str, tuple[torch.nn.Mod
     check_module(module, "prunable_parameters")
     found: dict[str, tuple[Any, str]] = {}
     for prefix, sub in module.named_modules():
-        pruned = _pruned_names(sub)
+        pruned = pruned_names(sub)
         for pname in list(sub._parameters):
             if sub._parameters[pname] is None:
                 continue
@@ -68,7 +68,7 @@ def prunable_parameters(module: torch.nn.Module) -> dict[str, tuple[torch.nn.Mod
 
 def _current(sub: torch.nn.Module, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(the tensor torch would rank now, the current mask or None)."""
-    if name in _pruned_names(sub):
+    if name in pruned_names(sub):
         return getattr(sub, name), getattr(sub, name + "_mask")
     param = sub._parameters[name]
     assert param is not None  # prunable_parameters lists only set parameters
@@ -116,11 +116,11 @@ def compute_module_masks(
 ) -> dict[str, jax.Array]:
     """The masks ``prune_module`` would install, as ``{name: bool jax array}``; the module is not touched."""
     check_module(module, "compute_module_masks")
-    masks = _module_masks(key, module, rules, importance_scores)
+    masks = module_masks(key, module, rules, importance_scores)
     return {name: mask if isinstance(mask, jax.Array) else jax.device_put(mask) for name, mask in masks.items()}
 
 
-def _module_masks(
+def module_masks(
     key: jax.Array | None,
     module: torch.nn.Module,
     rules: Rules,
@@ -201,9 +201,9 @@ def prune_module(
     """
     check_module(module, "prune_module")
     params = prunable_parameters(module)
-    masks = _module_masks(key, module, rules, importance_scores, params)
+    masks = module_masks(key, module, rules, importance_scores, params)
     touched: list[tuple[Any, str, dict[str, Any]]] = []
-    torch = _torch()
+    torch = import_torch()
     prune = torch.nn.utils.prune
     try:
         for name, mask in masks.items():
@@ -215,11 +215,11 @@ def prune_module(
             mask_tensor = _mask_tensor(mask, current)
             # Saved before torch starts: its own rollback covers only some of its
             # steps and no BaseException, so the failing submodule needs ours too.
-            touched.append((sub, attr, _save_state(sub, attr)))
-            _install_mask(sub, attr, mask_tensor)
+            touched.append((sub, attr, save_state(sub, attr)))
+            install_mask(sub, attr, mask_tensor)
     except BaseException as error:
         for sub, attr, before in reversed(touched):
-            _restore_state(sub, attr, before)
+            restore_state(sub, attr, before)
         failure = _first_failure(error, prune)
         if failure is error:
             raise
@@ -235,7 +235,7 @@ def _mask_tensor(mask: jax.Array | np.ndarray, current: torch.Tensor) -> torch.T
     NumPy: torch's copy kernel wakes its thread pool for a tensor of some
     size, which on a busy machine can cost milliseconds per tensor.
     """
-    torch = _torch()
+    torch = import_torch()
     dtype = str(current.dtype).removeprefix("torch.")
     if (isinstance(mask, np.ndarray) and current.device.type == "cpu" and dtype in _NUMPY_FLOATS
             and current.is_contiguous()):
@@ -247,7 +247,7 @@ def _mask_tensor(mask: jax.Array | np.ndarray, current: torch.Tensor) -> torch.T
 _NUMPY_FLOATS = {"float32", "float64", "float16"}
 
 
-def _install_mask(sub: torch.nn.Module, name: str, mask: torch.Tensor) -> None:
+def install_mask(sub: torch.nn.Module, name: str, mask: torch.Tensor) -> None:
     """Prune ``sub.<name>`` by ``mask`` as ``prune.custom_from_mask`` does.
 
     A tensor pruned before goes through torch's own call (it combines the
@@ -258,9 +258,9 @@ def _install_mask(sub: torch.nn.Module, name: str, mask: torch.Tensor) -> None:
     product with it (half its time on a small tensor). The hook's ``mask`` is
     the buffer (torch's holds a copy that nothing reads again).
     """
-    torch = _torch()
+    torch = import_torch()
     prune = torch.nn.utils.prune
-    if name in _pruned_names(sub):
+    if name in pruned_names(sub):
         prune.custom_from_mask(sub, name, mask=mask)
         return
     method = prune.CustomFromMask(mask)
@@ -296,7 +296,7 @@ def _plain_install(sub: torch.nn.Module, name: str) -> bool:
     own calls run)."""
     if not _plain_module_type(type(sub)):
         return False
-    module_globals = _torch().nn.modules.module
+    module_globals = import_torch().nn.modules.module
     for hooks in ("_global_parameter_registration_hooks", "_global_buffer_registration_hooks"):
         if getattr(module_globals, hooks, None) != {}:
             return False
@@ -318,7 +318,7 @@ def _plain_module_type(cls: type) -> bool:
     """``cls`` uses torch's own registration and attribute methods (not
     overridden, nor patched on ``torch.nn.Module``), and ``CustomFromMask``
     torch's own ``apply_mask``."""
-    prune = _torch().nn.utils.prune
+    prune = import_torch().nn.utils.prune
     return (all(_torch_own(getattr(cls, attr, None), f"Module.{attr}") for attr in _MODULE_METHODS)
             and getattr(cls, "__getattribute__", None) is object.__getattribute__
             and _torch_own(prune.CustomFromMask.apply_mask, "BasePruningMethod.apply_mask"))
@@ -337,12 +337,12 @@ def _torch_own(function: object, qualname: str) -> bool:
 _MISSING = object()
 
 
-def _save_state(sub: torch.nn.Module, name: str) -> dict[str, Any]:
+def save_state(sub: torch.nn.Module, name: str) -> dict[str, Any]:
     """Everything torch's reparametrization touches on ``sub``, in order: the
     parameter, buffer and hook dicts (their key order is the state_dict's and
     the hooks' order), the plain ``name`` attribute, and the methods of each
     ``PruningContainer`` hook (``add_pruning_method`` grows them in place)."""
-    containers = _torch().nn.utils.prune.PruningContainer
+    containers = import_torch().nn.utils.prune.PruningContainer
     return {
         "parameters": dict(sub._parameters),
         "buffers": dict(sub._buffers),
@@ -355,8 +355,8 @@ def _save_state(sub: torch.nn.Module, name: str) -> dict[str, Any]:
     }
 
 
-def _restore_state(sub: torch.nn.Module, name: str, state: dict[str, Any]) -> None:
-    """Put back what :func:`_save_state` saw, with the same objects and order."""
+def restore_state(sub: torch.nn.Module, name: str, state: dict[str, Any]) -> None:
+    """Put back what :func:`save_state` saw, with the same objects and order."""
     for live, saved in ((sub._parameters, state["parameters"]), (sub._buffers, state["buffers"]),
                         (sub._forward_pre_hooks, state["hooks"]),
                         (sub._forward_pre_hooks_with_kwargs, state["hooks_with_kwargs"])):
@@ -421,7 +421,7 @@ def read_pruned(
     >>> sorted(weights), sorted(masks), int((~masks["weight"]).sum())
     (['bias', 'weight'], ['weight'], 1)
     """
-    torch = _torch()
+    torch = import_torch()
     state = source.state_dict() if isinstance(source, torch.nn.Module) else dict(source)
     dense, stored = split_pairs({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
     weights = {name: to_jax(value, copy=True) for name, value in dense.items()}

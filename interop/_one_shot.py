@@ -51,14 +51,14 @@ from jaxprune._specs import PruningMethod
 
 from ._modules import (
     Rules,
-    _install_mask,
-    _module_masks,
-    _pruned_names,
-    _restore_state,
-    _save_state,
+    install_mask,
+    module_masks,
     prunable_parameters,
+    pruned_names,
+    restore_state,
+    save_state,
 )
-from ._tensors import _torch, check_module, to_jax, to_torch
+from ._tensors import check_module, import_torch, to_jax, to_torch
 
 if TYPE_CHECKING:
     import torch
@@ -189,7 +189,7 @@ def _in_axis(sub: Any, attr: str) -> int | None:
     can capture the inputs of, else None."""
     if attr != "weight":
         return None
-    if isinstance(sub, _torch().nn.Linear):
+    if isinstance(sub, import_torch().nn.Linear):
         return 1  # (out, in)
     # transformers' Conv1D (GPT-2), looked up only once transformers is loaded
     # (a model that uses it imported it): its weight is (in, out).
@@ -206,12 +206,12 @@ def _targets(module: torch.nn.Module, rules: Rules, key: jax.Array | None) -> li
     chosen = _chosen(params, rules)
     owners: dict[int, list[str]] = {}
     for name, (sub, attr) in params.items():
-        tensor = sub._parameters.get(attr + "_orig") if attr in _pruned_names(sub) else sub._parameters[attr]
+        tensor = sub._parameters.get(attr + "_orig") if attr in pruned_names(sub) else sub._parameters[attr]
         owners.setdefault(id(tensor), []).append(name)
     targets = []
     for name, (where, spec) in chosen.items():
         sub, attr = params[name]
-        if attr in _pruned_names(sub):
+        if attr in pruned_names(sub):
             raise ValueError(f"one_shot: {where}: {name!r} is already pruned (torch's reparametrization); one_shot "
                              f"prunes dense parameters: call torch.nn.utils.prune.remove on it first")
         param = sub._parameters[attr]
@@ -269,7 +269,7 @@ def _magnitude_masks(module: torch.nn.Module, params: Mapping[str, Any], rules: 
         only: Rules = {p: None if _is_calibrated(v) else v for p, v in rules.items()}
     else:
         only = lambda name, _: magnitude[name].spec if name in magnitude else None  # noqa: E731
-    masks = _module_masks(key, module, only, None, dict(params))
+    masks = module_masks(key, module, only, None, dict(params))
     for name, mask in masks.items():
         magnitude[name].mask = mask
 
@@ -280,7 +280,7 @@ def _magnitude_masks(module: torch.nn.Module, params: Mapping[str, Any], rules: 
 
 
 def _batch_list(batches: Iterable[Any]) -> list[Any]:
-    torch = _torch()
+    torch = import_torch()
     if isinstance(batches, (torch.Tensor, Mapping, str, bytes)):
         shape = getattr(batches, "shape", None)
         what = f"a {type(batches).__name__}" if shape is None else f"a tensor of shape {tuple(shape)}"
@@ -315,7 +315,7 @@ def _forward(module: torch.nn.Module, batch: Any, index: int) -> None:
 
 
 def _describe(batch: Any) -> str:
-    torch = _torch()
+    torch = import_torch()
     if isinstance(batch, torch.Tensor):
         return f"a {str(batch.dtype).removeprefix('torch.')} tensor of shape {tuple(batch.shape)}"
     if isinstance(batch, Mapping):
@@ -332,7 +332,7 @@ def _calibration_mode(module: torch.nn.Module) -> Iterator[None]:
     flags = [(sub, sub.training) for sub in module.modules()]
     module.eval()
     try:
-        with _torch().no_grad():
+        with import_torch().no_grad():
             yield
     finally:
         for sub, training in flags:
@@ -374,7 +374,7 @@ def _reads(t: _Target, x: Any) -> bool:
     """Whether ``x`` is an input of ``t``'s layer to capture (anything else is
     left to the layer's own forward, which refuses it: the module rejects the
     batch). A second input in one forward pass is an error."""
-    if not isinstance(x, _torch().Tensor) or x.ndim == 0 or x.shape[-1] != t.dense.shape[t.in_axis]:
+    if not isinstance(x, import_torch().Tensor) or x.ndim == 0 or x.shape[-1] != t.dense.shape[t.in_axis]:
         return False
     if t.called:
         raise ValueError(f"one_shot: {t.name!r}: its layer ({type(t.sub).__name__}) is called more than once in one "
@@ -532,7 +532,7 @@ def _finish(targets: Sequence[_Target], write: str, undo: _Undo) -> dict[str, to
     with the kept entries' updates and torch's reparametrization."""
     masks = {}
     for t in targets:
-        masks[t.name] = _like(t.dense, t.mask, dtype=_torch().bool)
+        masks[t.name] = _like(t.dense, t.mask, dtype=import_torch().bool)
         if write == "weights":
             undo.set_data(t.param, _like(t.dense, t.new))  # a copy: the result shares no memory with JAX
         elif _updates_kept(t.spec):
@@ -564,7 +564,7 @@ def _view_like(dense: torch.Tensor, values: jax.Array) -> torch.Tensor:
 def _like(dense: torch.Tensor, values: Any, dtype: Any = None) -> torch.Tensor:
     """``values`` (a JAX or NumPy array) as a new tensor like ``dense``: its
     device, memory format and dtype (or ``dtype``)."""
-    out = _torch().empty_like(dense, dtype=dtype, requires_grad=False)
+    out = import_torch().empty_like(dense, dtype=dtype, requires_grad=False)
     return out.copy_(to_torch(values))
 
 
@@ -580,12 +580,12 @@ class _Undo:
         param.data = data
 
     def install(self, sub: Any, attr: str, mask: Any) -> None:
-        self._installed.append((sub, attr, _save_state(sub, attr)))
-        _install_mask(sub, attr, mask)
+        self._installed.append((sub, attr, save_state(sub, attr)))
+        install_mask(sub, attr, mask)
 
     def run(self) -> None:
         for sub, attr, state in reversed(self._installed):
-            _restore_state(sub, attr, state)
+            restore_state(sub, attr, state)
         for param, data in self._data.values():
             param.data = data
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import jax
 import numpy as np
 
-from ._tensors import _torch, to_torch
+from ._tensors import import_torch, to_torch
 
 if TYPE_CHECKING:
     import torch
@@ -110,7 +110,7 @@ def to_semi_structured(weight: Any, mask: Any) -> SemiStructured | torch.Tensor:
     ...
     ValueError: to_semi_structured: the mask is not 2:4 along the last axis: row 1, columns 0..3 keep [1, 1, 0, 1] ...
     """
-    torch = _torch()
+    torch = import_torch()
     w = _as_tensor(weight, "weight").detach()
     if w.dim() != 2:
         raise ValueError(f"to_semi_structured: expected a 2-D weight (out, in), got shape {tuple(w.shape)}")
@@ -154,7 +154,7 @@ def from_semi_structured(sparse: SemiStructured | tuple[Any, Any]) -> torch.Tens
     >>> dense.dtype, dense[0, :8].tolist()
     (torch.int8, [0, 1, 0, 0, 0, 1, 0, 0])
     """
-    torch = _torch()
+    torch = import_torch()
     if hasattr(sparse, "packed") and hasattr(sparse, "meta") and not isinstance(sparse, tuple):
         if sparse.meta is None or sparse.meta.dim() != 2:
             raise ValueError("from_semi_structured: this SparseSemiStructuredTensor has no CUTLASS metadata "
@@ -185,7 +185,7 @@ def from_semi_structured(sparse: SemiStructured | tuple[Any, Any]) -> torch.Tens
 # ----- validation
 
 def _as_tensor(x: Any, what: str) -> torch.Tensor:
-    torch = _torch()
+    torch = import_torch()
     if isinstance(x, torch.Tensor):
         return x
     if isinstance(x, (jax.Array, np.ndarray)):
@@ -223,7 +223,7 @@ def _check_pattern(mask: torch.Tensor, n: int, m: int, fix: str) -> None:
     count = int(bad.sum())
     if not count:
         return
-    first = int(bad.reshape(-1).to(_torch().uint8).argmax())  # the first True (argmax returns the first maximum)
+    first = int(bad.reshape(-1).to(import_torch().uint8).argmax())  # the first True (argmax returns the first maximum)
     row, group = divmod(first, cols // m)
     bits = groups[row, group].int().tolist()
     raise ValueError(f"to_semi_structured: the mask is not {n}:{m} along the last axis: row {row}, columns "
@@ -263,12 +263,12 @@ _FIRST_OF_PAIR, _SECOND_OF_PAIR = 0 | 1 << 2, 2 | 3 << 2
 
 
 def _torch_bits(dtype: torch.dtype) -> torch.dtype:
-    torch = _torch()
+    torch = import_torch()
     return {1: torch.int8, 2: torch.int16, 4: torch.int32}[dtype.itemsize]
 
 
 def _pack(dense: torch.Tensor) -> SemiStructured:
-    torch = _torch()
+    torch = import_torch()
     bits = dense.view(_torch_bits(dense.dtype)).numpy()  # zeros are +0: zero bits
     rows, cols = bits.shape
     if _name(dense.dtype) == "float32":
@@ -329,7 +329,7 @@ def _unreorder(stored: np.ndarray) -> np.ndarray:
 
 def _unpack_meta(packed: torch.Tensor, meta: torch.Tensor) -> np.ndarray:
     """The 4-bit codes (rows, units) of ``meta``, after checking it fits ``packed``."""
-    torch = _torch()
+    torch = import_torch()
     name = _name(packed.dtype)
     if packed.dim() != 2 or meta.dim() != 2:
         raise ValueError(f"from_semi_structured: expected 2-D packed and meta, got shapes {tuple(packed.shape)} "

@@ -40,7 +40,7 @@ _SHARED_DTYPES = ("float32", "float16", "bfloat16", "int8", "int16", "int32", "u
 _WIDE_DTYPES = {"float64": jnp.float32, "int64": jnp.int32}
 
 
-def _torch():
+def import_torch():
     try:
         import torch
         import torch.nn.utils.prune  # noqa: F401 - a submodule torch does not import by itself
@@ -52,7 +52,7 @@ def _torch():
 def check_module(module: object, where: str) -> None:
     """Refuse anything but a ``torch.nn.Module`` where the bridge needs one
     (a state_dict is the usual mistake: the layouts come from the layer types)."""
-    torch = _torch()
+    torch = import_torch()
     if isinstance(module, torch.nn.Module):
         return
     if isinstance(module, Mapping):
@@ -80,7 +80,7 @@ def to_jax(tensor: torch.Tensor, *, copy: bool = False) -> jax.Array:
     Array([[0., 2.],
            [3., 5.]], dtype=float32)
     """
-    torch = _torch()
+    torch = import_torch()
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"to_jax expects a torch.Tensor, got {type(tensor).__name__}")
     name = _dtype_name(tensor.dtype)
@@ -144,7 +144,7 @@ def to_torch(array: jax.Array | np.ndarray, *, copy: bool = False) -> torch.Tens
     >>> interop.to_torch(jnp.array([True, False]))
     tensor([ True, False])
     """
-    torch = _torch()
+    torch = import_torch()
     if isinstance(array, np.ndarray):
         array = jax.device_put(array)  # not jnp.asarray, which compiles a copy per shape
     if not isinstance(array, jax.Array):

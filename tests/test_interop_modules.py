@@ -720,7 +720,7 @@ def test_a_failure_while_installing_rolls_back_what_was_installed(monkeypatch, a
     before = {k: v.clone() for k, v in net.state_dict().items()}
     params_before = {name: p for name, p in net.named_parameters()}
     hooks_before = [dict(m._forward_pre_hooks) for m in net]
-    real = interop_modules._install_mask
+    real = interop_modules.install_mask
     calls = []
 
     def failing(module, name, mask):
@@ -729,7 +729,7 @@ def test_a_failure_while_installing_rolls_back_what_was_installed(monkeypatch, a
             raise RuntimeError("torch failed here")
         return real(module, name, mask)
 
-    monkeypatch.setattr(interop_modules, "_install_mask", failing)
+    monkeypatch.setattr(interop_modules, "install_mask", failing)
     with pytest.raises(RuntimeError, match="torch failed here"):
         interop.prune_module(None, net, {"0.weight": jp.L1Unstructured(0.3), "4.weight": jp.L1Unstructured(0.3)})
     assert len(calls) == 2
@@ -822,7 +822,7 @@ def test_torch_failing_at_any_install_step_leaves_the_module_exactly_as_it_was(
             raise error
         return result
 
-    real_install = interop_modules._install_mask
+    real_install = interop_modules.install_mask
 
     def install(module, name, mask):
         armed["install"] += 1
@@ -833,7 +833,7 @@ def test_torch_failing_at_any_install_step_leaves_the_module_exactly_as_it_was(
             armed["inside"] = False
 
     monkeypatch.setattr(owner, attr, injected)
-    monkeypatch.setattr(interop_modules, "_install_mask", install)
+    monkeypatch.setattr(interop_modules, "install_mask", install)
     with pytest.raises(type(error)) as caught:
         interop.prune_module(None, net, {"0.weight": jp.L1Unstructured(0.3), "4.weight": jp.L1Unstructured(0.3)})
     monkeypatch.undo()
