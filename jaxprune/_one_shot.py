@@ -43,8 +43,9 @@ from ._calibration import InputStats, SparseGPT, Wanda, input_stats, relative_er
 from ._groups import inner_jaxpr
 from ._one_shot_types import LayerReport, OneShotResult, pruned_fraction, reporter
 from ._plan import as_method, match_patterns
+from ._rules import prune_tree
 from ._specs import PruningMethod
-from ._trees import leaf_key, path_str
+from ._trees import path_str
 from ._typing import Array, PRNGKey
 
 _CALIBRATED = (Wanda, SparseGPT)
@@ -347,9 +348,6 @@ def _as_spec(value: Any, where: str) -> Any:
     if isinstance(value, _CALIBRATED):
         return value
     method = as_method(value, where)
-    if method.group_of(None) is not None:
-        raise ValueError(f"{where}: {method!r} ranks several parameters together; one_shot prunes each kernel "
-                         "alone (use a per-layer method such as jp.L1Unstructured)")
     if method.extra_args:
         raise ValueError(f"{where}: {method!r} needs per-parameter inputs {method.extra_args}; one_shot cannot "
                          "supply them")
@@ -418,8 +416,9 @@ def one_shot(
     einsum weight), or the convolution's image patches (the kernel is then the
     matrix ``(in_channels * window, out_channels)``; grouped convolutions are
     refused). Any other method (``jp.L1Unstructured(0.5)``: the magnitude
-    baseline) prunes its parameter from its values alone; on a matmul weight it
-    is still given a stage and a reconstruction error.
+    baseline) prunes its parameter from its values alone, as :func:`prune_tree`
+    does (the leaves of one ``jp.GlobalUnstructured`` rule ranked together); on
+    a matmul weight it is still given a stage and a reconstruction error.
 
     Args:
       fn: the model ``fn(params, batch)``, or an ``nnx.Module``.
@@ -501,11 +500,12 @@ def one_shot(
         reports.append((stage, i, r))
         report_to(r)
 
+    magnitude = _magnitude_masks(key, params, rules, specs, paths)
     # Parameters that are no matmul's weight need no inputs: pruned first, so
     # that (sequentially) every stage sees them pruned.
-    for i, spec in specs.items():
+    for i in specs:
         if i not in site_of:
-            mask = spec.compute_mask(_leaf_key(key, spec, paths[i]), current[i])
+            mask = magnitude[i]
             new_masks[i] = mask
             if sequential:
                 current[i] = jnp.where(mask, current[i], jnp.zeros((), _dtype(current[i])))
@@ -527,7 +527,7 @@ def one_shot(
                 mask = _from_matrix(mask_matrix, leaves[i], site)
                 new_leaf = _from_matrix(new_matrix, leaves[i], site)
             else:
-                mask = spec.compute_mask(_leaf_key(key, spec, paths[i]), leaves[i])
+                mask = magnitude[i]
                 new_leaf = jnp.where(mask, leaves[i], jnp.zeros((), _dtype(leaves[i])))
                 new_matrix = _as_matrix(new_leaf, site)
             new_masks[i] = mask
@@ -551,10 +551,20 @@ def _dtype(x: Any) -> np.dtype:
     return np.dtype(x.dtype) if hasattr(x, "dtype") else np.result_type(x)
 
 
-def _leaf_key(key: PRNGKey | None, spec: Any, path: str) -> PRNGKey | None:
-    if key is None or not spec.is_random:
-        return None
-    return leaf_key(key, spec.key_name or path)
+def _magnitude_masks(key: PRNGKey | None, params: Any, rules: Any, specs: Mapping[int, Any], paths: list[str]
+                     ) -> dict[int, Array]:
+    """Every magnitude rule's mask, from the weights alone, as :func:`prune_tree` computes it (the same
+    keys; leaves of one ``GlobalUnstructured`` rule ranked together), as ``interop.one_shot`` does."""
+    wanted = {i for i, spec in specs.items() if not isinstance(spec, _CALIBRATED)}
+    if not wanted:
+        return {}
+    if isinstance(rules, Mapping):  # the calibrated rules stay, as None: each leaf keeps the pattern that won it
+        only: Any = {p: None if isinstance(v, _CALIBRATED) else v for p, v in rules.items()}
+    else:
+        index = {p: i for i, p in enumerate(paths)}
+        only = lambda path, _: specs[index[path]] if index.get(path) in wanted else None  # noqa: E731
+    masks = tree_util.tree_leaves(prune_tree(key, params, only), is_leaf=lambda x: x is None)
+    return {i: masks[i] for i in wanted}
 
 
 def _check_uses(reader: _Reader, specs: Mapping[int, Any], paths: list[str]) -> list[_Site]:

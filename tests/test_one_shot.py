@@ -325,8 +325,6 @@ def stacked(p, x):
         (depthwise, {"k": jnp.ones((3, 3, 1, 4))}, {"k": jp.Wanda(0.5)}, r"a grouped convolution \(4 groups\)"),
         (stacked, {"layers": jnp.ones((2, 4, 4))}, {"layers": jp.Wanda(0.5)}, r"lax.scan .*unroll"),
         (mlp, {"w1": jnp.ones((4, 4)), "w2": jnp.ones((4, 4))}, {"nothing*": jp.Wanda(0.5)}, r"matches no parameter"),
-        (mlp, {"w1": jnp.ones((4, 4)), "w2": jnp.ones((4, 4))}, {"w*": jp.GlobalUnstructured(0.5)},
-         r"ranks several parameters together"),
         (mlp, {"w1": jnp.ones((4, 4)), "w2": jnp.ones((4, 4))}, {"w*": jp.L1Unstructured},
          r"makes a method from an amount"),
         (mlp, {"w1": jnp.ones((4, 4)), "w2": jnp.ones((4, 4))}, {}, r"no rules given"),
@@ -353,3 +351,27 @@ def test_bad_batches_raise():
         jp.one_shot(mlp, params, rules)
     with pytest.raises(TypeError, match="progress must be None, a bool or a callable"):
         jp.one_shot(mlp, params, [jnp.ones((3, 4))], rules, progress="yes")
+
+
+def test_global_magnitude_rules_rank_their_leaves_together_as_prune_tree() -> None:
+    """As interop.one_shot and prune_module: a GlobalUnstructured rule's leaves share one ranking."""
+    def mlp(p: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+        return jax.nn.relu(jax.nn.relu(x @ p["w1"]) @ p["w2"]) @ p["w3"]
+
+    k1, k2, k3, k4 = jax.random.split(jax.random.key(5), 4)
+    params = {"w1": jax.random.normal(k1, (8, 16)), "w2": 3.0 * jax.random.normal(k2, (16, 16)),
+              "w3": jax.random.normal(k3, (16, 4))}
+    batches = [jax.random.normal(k4, (32, 8))]
+    rules = {"w3": jp.Wanda(0.5), "w*": jp.GlobalUnstructured(0.5)}
+    result = jp.one_shot(mlp, params, batches, rules)
+    new, masks = result
+    expected = jp.prune_tree(None, {"w1": params["w1"], "w2": params["w2"]}, {"w*": jp.GlobalUnstructured(0.5)})
+    for name in ("w1", "w2"):
+        np.testing.assert_array_equal(masks[name], expected[name])
+        np.testing.assert_array_equal(new[name], jnp.where(masks[name], params[name], 0.0))
+    pruned = int((~masks["w1"]).sum()) + int((~masks["w2"]).sum())
+    assert pruned == round(0.5 * (8 * 16 + 16 * 16))
+    # w2's entries are 3x larger: one ranking prunes less than half of it and more than half of w1
+    assert int((~masks["w2"]).sum()) < 16 * 16 // 2 and int((~masks["w1"]).sum()) > 8 * 16 // 2
+    assert int(masks["w3"].sum()) == 32
+    assert [r.path for r in result.layers] == ["w1", "w2", "w3"]
