@@ -914,8 +914,10 @@ def _positions(coords: np.ndarray, size: int) -> np.ndarray | None:
 # The public entry point.
 
 
-def split_model(fn: Any, args: tuple[Any, ...]) -> tuple[Callable[..., Any], Any, tuple[Any, ...]]:
-    """``(fn, params, args)`` for a plain function or an NNX module."""
+def split_model(fn: Any, args: tuple[Any, ...], what: str = "channel_groups"
+                ) -> tuple[Callable[..., Any], Any, tuple[Any, ...]]:
+    """``(call, params, args)`` for a plain function (``call`` is ``fn``) or an NNX module
+    (``call`` runs the module on a state); errors name the public function ``what``."""
     try:
         from flax import nnx
     except ImportError:  # flax is optional
@@ -929,10 +931,10 @@ def split_model(fn: Any, args: tuple[Any, ...]) -> tuple[Callable[..., Any], Any
         return call, state, args
     if not callable(fn):
         raise TypeError(
-            f"channel_groups expects a function fn(params, *args) or an nnx.Module, got {type(fn).__name__}"
+            f"{what} expects a function fn(params, *args) or an nnx.Module, got {type(fn).__name__}"
         )
     if not args:
-        raise TypeError("channel_groups(fn, params, *args): the params tree is missing")
+        raise TypeError(f"{what}(fn, params, *args): the params tree is missing")
     return fn, args[0], args[1:]
 
 

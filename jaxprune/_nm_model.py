@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -33,8 +32,9 @@ from jax import tree_util
 from ._group_types import ChannelGroup, Member
 from ._groups import channel_groups, permutation_safe, split_model
 from ._one_shot import matmul_uses
+from ._one_shot_types import reporter
 from ._patterns import NMSparse, check_n_m
-from ._permute_search import n_m_kept, n_m_permutation
+from ._permute_search import check_max_rounds, n_m_kept, n_m_permutation
 from ._plan import match_patterns
 from ._trees import path_str
 
@@ -45,18 +45,11 @@ def _model(fn: Any, args: tuple[Any, ...], what: str, n_before: int
            ) -> tuple[Callable[..., Any], Any, tuple[Any, ...], tuple[Any, ...], Any]:
     """``(call, params, leading, model_args, module)`` for ``fn(params, *leading, *model_args)``
     or ``nnx_module(*leading, *model_args)``, with ``n_before`` leading arguments (n, m)."""
-    nnx = sys.modules.get("flax.nnx")
-    module = fn if nnx is not None and isinstance(fn, nnx.Module) else None
-    if module is None and not callable(fn):
-        raise TypeError(f"{what} expects a function fn(params, *args) or an nnx.Module, got {type(fn).__name__}")
-    rest = args if module is not None else args[1:]
-    if module is None and not args:
-        raise TypeError(f"{what}(fn, params, ...): the params tree is missing")
+    call, params, rest = split_model(fn, args, what)
+    module = None if call is fn else fn  # split_model wraps a module's call
     if len(rest) < n_before:
-        raise TypeError(f"{what}: expected n, m after the {'module' if module is not None else 'params'}")
-    leading, model_args = rest[:n_before], rest[n_before:]
-    call, params, _ = split_model(fn, args[:1] if module is None else ())
-    return call, params, tuple(leading), tuple(model_args), module
+        raise TypeError(f"{what}: expected n, m after the {'params' if module is None else 'module'}")
+    return call, params, tuple(rest[:n_before]), tuple(rest[n_before:]), module
 
 
 def _axes(call: Callable[..., Any], params: Any, model_args: tuple[Any, ...]) -> dict[str, tuple[int, bool]]:
@@ -116,8 +109,12 @@ def n_m_rules(fn: Any, *args: Any) -> dict[str, NMSparse]:
     call, params, (n, m), model_args, _ = _model(fn, args, "n_m_rules", 2)
     n, m = check_n_m(n, m)
     shapes = {path_str(p): np.shape(x) for p, x in tree_util.tree_leaves_with_path(params)}
-    return {path: NMSparse(n, m, axis=axis) for path, (axis, alone) in _axes(call, params, model_args).items()
-            if alone and shapes[path][axis] % m == 0}
+    return {path: NMSparse(n, m, axis=axis) for path, axis in _ruled(_axes(call, params, model_args), shapes, m)}
+
+
+def _ruled(axes: dict[str, tuple[int, bool]], shapes: dict[str, tuple[int, ...]], m: int) -> list[tuple[str, int]]:
+    """The weights ``n_m_rules`` gives rules to, with their axes: used by matmuls only, the axis a multiple of m."""
+    return [(path, axis) for path, (axis, alone) in axes.items() if alone and shapes[path][axis] % m == 0]
 
 
 # --------------------------------------------------------------------------
@@ -183,16 +180,9 @@ class PermuteResult(tuple):
         return self[1]
 
 
-def _reporter(progress: object) -> Callable[[GroupPermutation], None]:
-    if progress is True:
-        return lambda p: _logger.info("permute_for_n_m: %d channels, consumers %s: kept %.6g -> %.6g",
-                                      p.group.size, ", ".join(p.consumers), p.kept_before, p.kept_after)
-    if progress is None or progress is False:
-        return lambda _: None
-    if callable(progress):
-        return progress  # type: ignore[return-value]
-    raise TypeError(f"permute_for_n_m: progress must be None, a bool or a callable receiving each "
-                    f"GroupPermutation, got {progress!r}")
+def _log_permutation(p: GroupPermutation) -> None:
+    _logger.info("permute_for_n_m: %d channels, consumers %s: kept %.6g -> %.6g",
+                 p.group.size, ", ".join(p.consumers), p.kept_before, p.kept_after)
 
 
 def _slots(member: Member, m: int) -> list[int] | None:
@@ -287,18 +277,15 @@ def permute_for_n_m(fn: Any, *args: Any, weights: str | Iterable[str] | None = N
     """
     call, params, (n, m), model_args, module = _model(fn, args, "permute_for_n_m", 2)
     n, m = check_n_m(n, m)
-    report = _reporter(progress)
-    if max_rounds is not None and (isinstance(max_rounds, bool) or not isinstance(max_rounds, int)
-                                   or max_rounds < 0):
-        raise ValueError(f"max_rounds must be None or an int >= 0, got {max_rounds!r}")
+    report = reporter(progress, _log_permutation, "permute_for_n_m", "GroupPermutation")
+    check_max_rounds(max_rounds)
     named, treedef = tree_util.tree_flatten_with_path(params)
     paths = [path_str(p) for p, _ in named]
     leaves = dict(zip(paths, (x for _, x in named), strict=True))
     chosen = _check_weights(weights, paths)
     axes = _axes(call, params, model_args)
     if chosen is None:  # n_m_rules' weights
-        consumers = {path: axis for path, (axis, alone) in axes.items()
-                     if alone and np.shape(leaves[path])[axis] % m == 0}
+        consumers = dict(_ruled(axes, {path: np.shape(x) for path, x in leaves.items()}, m))
     else:
         consumers = {path: axis for path, (axis, _) in axes.items() if path in chosen}
     if chosen is not None and (missing := sorted(chosen - set(axes))):

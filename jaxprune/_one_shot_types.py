@@ -98,16 +98,18 @@ def pruned_fraction(mask: Array) -> float:
     return (total - count_int(count_true(mask))) / total
 
 
-def reporter(progress: bool | Callable[[LayerReport], None] | None) -> Callable[[LayerReport], None]:
-    """What ``progress=`` of the one-shot functions means: True logs each report
-    (logger ``"jaxprune"``, INFO), a callable receives each, None/False nothing."""
+def reporter(progress: bool | Callable[[Any], None] | None, log: Callable[[Any], None] | None = None,
+             what: str = "one_shot", item: str = "LayerReport") -> Callable[[Any], None]:
+    """What a ``progress=`` argument means: True logs each report with ``log``
+    (default :func:`log_report`: logger ``"jaxprune"``, INFO), a callable receives
+    each, None/False nothing; errors name the function ``what`` and the ``item`` reported."""
     if progress is True:
-        return log_report
+        return log_report if log is None else log
     if progress is None or progress is False:
         return lambda _: None
     if callable(progress):
         return progress
-    raise TypeError(f"one_shot: progress must be None, a bool or a callable receiving each LayerReport, "
+    raise TypeError(f"{what}: progress must be None, a bool or a callable receiving each {item}, "
                     f"got {progress!r}")
 
 

@@ -137,9 +137,7 @@ def n_m_permutation(scores: ArrayLike, n: int, m: int, *, max_rounds: int | None
     ([0, 2, 1, 3], 10.0, 14.0)
     """
     n, m = check_n_m(n, m)
-    if max_rounds is not None and (isinstance(max_rounds, (bool, np.bool_))
-                                   or not isinstance(max_rounds, numbers.Integral) or max_rounds < 0):
-        raise ValueError(f"max_rounds must be None or an int >= 0, got {max_rounds!r}")
+    check_max_rounds(max_rounds)
     x = _host_scores(scores, m)
     rows, cols = x.shape
     identity = np.arange(cols, dtype=np.int64)
@@ -169,6 +167,13 @@ def n_m_permutation(scores: ArrayLike, n: int, m: int, *, max_rounds: int | None
     if _kept_host(x[:, perm], n, m) < _kept_host(x, n, m):  # quantization cannot make it worse by more
         return identity
     return perm
+
+
+def check_max_rounds(max_rounds: object) -> None:
+    """``max_rounds`` must be None or an int >= 0 (a ValueError naming it otherwise)."""
+    if max_rounds is not None and (isinstance(max_rounds, (bool, np.bool_))
+                                   or not isinstance(max_rounds, numbers.Integral) or max_rounds < 0):
+        raise ValueError(f"max_rounds must be None or an int >= 0, got {max_rounds!r}")
 
 
 def _run_phase(q: np.ndarray, perm: Array, schedule: np.ndarray | None, start: int, n: int, m: int,
